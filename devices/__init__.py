@@ -1,7 +1,8 @@
 """Device names (parse, merge, canonical form) and the devices mgrt places nodes on.
 
 ``list_devices(config=None)`` lists the devices of this process: the CPU always (numpy), then
-what each registered device provider finds. The GPU devices come from providers
+what each registered device provider finds: the real GPUs CuPy sees (``devices/gpu.py``), else
+``MGRT_SIMULATED_GPUS`` simulated ones (``devices/simulated_gpu.py``). The GPU devices come from providers
 (``register_device_provider``), so that this module works the same whether CuPy is installed
 or not; a provider is a callable ``provider(config) -> iterable of Device`` (``config`` is the
 session's ConfigProto or None) that returns ``[]`` where its hardware or library is missing.
@@ -26,6 +27,7 @@ __all__ = [
     "CPUDevice",
     "DeviceSpec",
     "list_devices",
+    "gpu_status",
     "register_device_provider",
     "unregister_device_provider",
     "device_providers",
@@ -39,6 +41,35 @@ __all__ = [
 
 _lock = threading.Lock()
 _providers = []
+
+
+def _real_gpus(config):
+    from mgrt.devices.gpu import gpu_devices
+
+    return gpu_devices(config)
+
+
+_warned_sim = []
+
+
+def _simulated_gpus(config):
+    from mgrt.devices import simulated_gpu
+
+    n = simulated_gpu.simulated_gpu_count()
+    if not n:
+        return []
+    from mgrt.devices.gpu import gpu_devices
+
+    if gpu_devices(config):
+        if not _warned_sim:
+            _warned_sim.append(True)
+            import sys
+
+            sys.stderr.write(f"mgrt: {simulated_gpu.ENV_COUNT}={n} is ignored: this host has "
+                             "real GPUs\n")
+        return []
+    simulated_gpu.enable_numba_simulator()
+    return simulated_gpu.simulated_gpus(n)
 
 
 def register_device_provider(provider):
@@ -83,6 +114,20 @@ def _device_count(config):
         key = str(key)
         out[key.upper() if key.lower() in ("cpu", "gpu") else key] = value
     return out
+
+
+_providers.extend([_real_gpus, _simulated_gpus])
+
+
+def gpu_status():
+    """One line: the GPUs this process sees (real or simulated), or why there are none."""
+    from mgrt.devices import simulated_gpu
+    from mgrt.devices.gpu import gpu_devices, gpu_status as real_status
+
+    n = simulated_gpu.simulated_gpu_count()
+    if n and not gpu_devices():
+        return f"{n} simulated GPU(s) ({simulated_gpu.ENV_COUNT}={n}); " + real_status()
+    return real_status()
 
 
 def list_devices(config=None):

@@ -16,6 +16,8 @@ device has
 - ``fetch(buffer) -> numpy.ndarray``: a buffer of this device back to the host;
 - ``copy_from(buffer, other_device) -> buffer``: a buffer of ``other_device`` onto this one;
 - ``synchronize()``: wait until the work queued on this device is done;
+- ``activate()``: make the device current for the kernels this thread queues next;
+- ``is_buffer(x)``: whether ``x`` is a buffer of this device;
 - ``memory_info() -> dict``: ``total``, ``free`` and ``used`` bytes (``None`` where unknown),
   plus whatever else the device knows (``pool_used`` ...).
 
@@ -119,6 +121,15 @@ class Device:
     def synchronize(self):
         """Wait until every piece of work queued on this device has finished."""
         raise NotImplementedError
+
+    def activate(self):
+        """Make this device current for the kernels this thread queues next (a GPU: its CUDA
+        device and stream). The executor calls it before running the device's steps."""
+
+    def is_buffer(self, x):
+        """Whether ``x`` is a buffer of this device (the executor checks kernel outputs of
+        simulated devices with it)."""
+        return True
 
     def memory_info(self):
         """``{"total": bytes, "free": bytes, "used": bytes, ...}``; ``None`` where unknown."""

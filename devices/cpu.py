@@ -45,6 +45,9 @@ class CPUDevice(Device):
     def synchronize(self):
         pass
 
+    def is_buffer(self, x):
+        return isinstance(x, np.ndarray)
+
     def memory_info(self):
         return host_memory_info()
 

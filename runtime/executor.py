@@ -94,9 +94,25 @@ def _shape_str(x):
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _wrap_kernel_error(op, exc, inputs):
+def _wrap_kernel_error(op, exc, inputs, device=None):
     shapes = ", ".join(_shape_str(x) for x in inputs)
     where = f"\n\t [[node {op.name} ({op.type}) with input shapes: {shapes}]]"
+    if type(exc).__name__ == "OutOfMemoryError":  # CuPy's (cupy.cuda.memory)
+        free = ""
+        if device is not None:
+            try:
+                info = device.memory_info()
+                free = (f" {device.name} has {info['free'] / 2**20:.1f} MiB free of "
+                        f"{info['total'] / 2**20:.1f} MiB"
+                        + (f"; mgrt's pool holds {info['pool_held'] / 2**20:.1f} MiB"
+                           if "pool_held" in info else "") + ".")
+            except Exception:  # noqa: BLE001 - the figures are a courtesy
+                pass
+        return errors.ResourceExhaustedError(
+            op.node_def, op,
+            f"OOM when running {op.name} ({op.type}) on "
+            f"{device.name if device is not None else 'a GPU'}: {exc}.{free} Use a smaller "
+            f"batch, or place some nodes on another device.{where}")
     if isinstance(exc, errors.OpError):
         cls = type(exc)
         return cls(op.node_def, op, exc.message + where)
@@ -105,7 +121,8 @@ def _wrap_kernel_error(op, exc, inputs):
 
 
 class _Step:
-    __slots__ = ("op", "run", "in_slots", "deref", "out_slots", "free_after", "n_out")
+    __slots__ = ("op", "run", "in_slots", "deref", "out_slots", "free_after", "n_out",
+                 "device")
 
 
 class Plan:
@@ -209,6 +226,7 @@ class Plan:
         copy_of = {}  # (slot, destination device) -> slot of the copy
         steps = []
         self.n_copies = 0
+        non_host_steps = []  # (step, device) of kernels on devices with memory of their own
         for op, node, kd, outs in zip(order, nodes, kernel_defs, out_slots_of):
             in_slots = []
             for k, t in enumerate(op._inputs):
@@ -230,6 +248,7 @@ class Plan:
                 in_slots.append(c)
             st = _Step()
             st.op = op
+            st.device = node.device
             ctx = KernelContext(node.device, state, graph, op.name)
             if kd is None:
                 st.run = None  # a control-flow op: the dataflow runner does it
@@ -238,6 +257,15 @@ class Plan:
                     st.run = kd.builder(node, ctx)
                 except errors.OpError as e:
                     raise _wrap_kernel_error(op, e, []) from None
+                except Exception as e:  # noqa: BLE001 - a builder failure names its node
+                    raise _wrap_kernel_error(op, e, [], node.device) from None
+                dev = node.device
+                if dev is not None and not dev.is_host_memory:
+                    non_host_steps.append((st, dev))
+                    if getattr(dev, "is_simulated", False):
+                        st.run = _checked_outputs(
+                            st.run, op, [placement.output_device(op, k)
+                                         for k in range(len(op._outputs))])
             st.in_slots = in_slots
             expected = op.op_def and _input_is_ref(op)
             # positions of the ref inputs this op reads by value (most steps have none)
@@ -246,6 +274,15 @@ class Plan:
             st.out_slots = outs
             st.n_out = len(outs)
             steps.append(st)
+        # A device with a queue of its own (a GPU) is made current before its kernels run:
+        # once per run when the plan uses one such device, before each of its steps otherwise.
+        self._activate = None
+        gpu_devices = {d for _, d in non_host_steps}
+        if len(gpu_devices) == 1:
+            self._activate = next(iter(gpu_devices)).activate
+        elif gpu_devices:
+            for st, dev in non_host_steps:
+                st.run = _activating(st.run, dev.activate)
         self.n_slots = n_slots
         self.fetch_slots = [slot_of[id(t)] for t in fetch_tensors]
         # fetched values that live in a device's memory come back to the host
@@ -284,6 +321,8 @@ class Plan:
     def run(self, feed_values):
         # TensorFlow's kernels never warn on inf - inf or log(0); numpy's would, per call.
         token = _quiet_numpy()
+        if self._activate is not None:
+            self._activate()
         try:
             if self.has_control_flow:
                 out = _DataflowRun(self).run(feed_values)
@@ -312,7 +351,7 @@ class Plan:
             try:
                 out = run(*inputs)
             except Exception as e:  # noqa: BLE001 - every kernel failure names its node
-                raise _wrap_kernel_error(st.op, e, inputs) from None
+                raise _wrap_kernel_error(st.op, e, inputs, st.device) from None
             if single >= 0:
                 values[single] = out[0]
             else:
@@ -321,6 +360,33 @@ class Plan:
             for s in free_after:
                 values[s] = None
         return [values[s] for s in self.fetch_slots]
+
+
+def _activating(run, activate):
+    def run_on_device(*inputs):
+        activate()
+        return run(*inputs)
+    return run_on_device
+
+
+def _checked_outputs(run, op, out_devices):
+    """``run`` with a check that each output is where the placement says it lives (a buffer
+    of the device, or a host array for a host-memory output): a simulated GPU's kernels run
+    under it, so a GPU kernel that returns the wrong kind of array fails in the tests."""
+    def run_checked(*inputs):
+        outs = run(*inputs)
+        for k, (v, d) in enumerate(zip(outs, out_devices)):
+            if d.is_host_memory:
+                wrong = not isinstance(v, np.ndarray) and hasattr(v, "__array_function__")
+            else:
+                wrong = isinstance(v, np.ndarray) or (
+                    hasattr(v, "__array_function__") and not d.is_buffer(v))
+            if wrong:
+                where = "host memory" if d.is_host_memory else d.short_name
+                raise TypeError(f"The {op.type} kernel returned {type(v).__name__} for output "
+                                f"{k}, which lives in {where}")
+        return outs
+    return run_checked
 
 
 def _deref(inputs, positions, op):
@@ -375,6 +441,7 @@ class _CopyOp:
 def _copy_step(tensor, in_slot, out_slot, src, dst):
     st = _Step()
     st.op = _CopyOp(tensor, src, dst)
+    st.device = dst
 
     def run(value):
         if isinstance(value, Ref):
@@ -723,7 +790,7 @@ class _DataflowRun:
                 try:
                     outs = st.run(*args)
                 except Exception as ex:  # noqa: BLE001
-                    raise _wrap_kernel_error(op, ex, args) from None
+                    raise _wrap_kernel_error(op, ex, args, st.device) from None
             for s, v in zip(st.out_slots, outs):
                 if s >= 0:
                     deliver(s, out_tag, v)

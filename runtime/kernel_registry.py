@@ -33,13 +33,16 @@ from mgrt.runtime import dtypes, tensor_shape, tensor_util
 
 
 class KernelDef:
-    __slots__ = ("op_type", "device_type", "builder", "host_memory", "type_constraints")
+    __slots__ = ("op_type", "device_type", "builder", "host_memory", "device_memory",
+                 "type_constraints")
 
-    def __init__(self, op_type, device_type, builder, host_memory=(), type_constraints=None):
+    def __init__(self, op_type, device_type, builder, host_memory=(), type_constraints=None,
+                 device_memory=()):
         self.op_type = op_type
         self.device_type = device_type
         self.builder = builder
         self.host_memory = frozenset(host_memory)
+        self.device_memory = frozenset(device_memory)
         self.type_constraints = dict(type_constraints or {})
 
     def matches(self, attrs):
@@ -61,8 +64,13 @@ class KernelDef:
 _REGISTRY = {}  # (op_type, device_type) -> [KernelDef]
 
 
-def register(op_types, device_type="CPU", host_memory=(), type_constraints=None):
-    """Decorator: register ``builder(node, ctx) -> run`` for one or more op types."""
+def register(op_types, device_type="CPU", host_memory=(), type_constraints=None,
+             device_memory=()):
+    """Decorator: register ``builder(node, ctx) -> run`` for one or more op types.
+
+    ``host_memory``: arg names read or written in host memory on a non-host device;
+    ``device_memory``: int32 arg names kept in device memory (int32 args are otherwise in host
+    memory on a GPU, as TensorFlow registers its GPU kernels)."""
     if isinstance(op_types, str):
         op_types = [op_types]
     allowed = None
@@ -72,7 +80,7 @@ def register(op_types, device_type="CPU", host_memory=(), type_constraints=None)
     def deco(builder):
         for op_type in op_types:
             _REGISTRY.setdefault((op_type, device_type), []).append(
-                KernelDef(op_type, device_type, builder, host_memory, allowed))
+                KernelDef(op_type, device_type, builder, host_memory, allowed, device_memory))
         return builder
 
     return deco
@@ -106,6 +114,17 @@ _KERNEL_MODULES = {
         "mgrt.kernels_cpu.data_flow_ops",
         "mgrt.kernels_cpu.random_ops",
         "mgrt.kernels_cpu.io_ops",
+    ],
+    # GPU kernels (CuPy on a GPU, numpy buffers on the simulated GPU); a family not written
+    # yet is simply absent (its ops soft-place to the CPU)
+    "GPU": [
+        "mgrt.kernels_gpu.math_ops",
+        "mgrt.kernels_gpu.nn_ops",
+        "mgrt.kernels_gpu.conv_ops",
+        "mgrt.kernels_gpu.array_ops",
+        "mgrt.kernels_gpu.state_ops",
+        "mgrt.kernels_gpu.random_ops",
+        "mgrt.kernels_gpu.control_flow_ops",
     ],
 }
 _loaded = False

@@ -292,6 +292,23 @@ def _host_flags(op, enums, names_host, names_device, args, int32_on_host):
     return tuple(flags)
 
 
+def kernel_host_memory(node_def, op_def, input_dtypes, output_dtypes, kernel_def=None):
+    """``(input flags, output flags)``: for a node whose kernel ``kernel_def`` runs on a
+    non-host device, which flat inputs and outputs live in host memory (the rule of step 5
+    above). For op-level tests and tools that have a NodeDef rather than a placed graph."""
+    class _Op:
+        _node_def = node_def
+
+    names_host = frozenset(getattr(kernel_def, "host_memory", None) or ())
+    names_device = frozenset(getattr(kernel_def, "device_memory", None) or ())
+    ins = tuple(_enum(t) for t in input_dtypes)
+    outs = tuple(_enum(t) for t in output_dtypes)
+    return (_host_flags(_Op, ins, names_host, names_device,
+                        op_def.input_arg if op_def is not None else None, True),
+            _host_flags(_Op, outs, names_host, names_device,
+                        op_def.output_arg if op_def is not None else None, True))
+
+
 # ---------------------------------------------------------------------------------------------
 # the Placement
 
