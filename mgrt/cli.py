@@ -163,6 +163,12 @@ def placement_info(path, clear_devices=False, strict=False):
     return placer.place(g, devices.list_devices(), allow_soft_placement=not strict, warn=False)
 
 
+def _gpu_status():
+    from mgrt.devices import gpu_status
+
+    return gpu_status()
+
+
 def _placement_json(p):
     return {
         "devices": [d.name for d in p.devices],
@@ -290,12 +296,14 @@ def main(argv=None):
             if args.json:
                 if placement is not None:
                     info["placement"] = _placement_json(placement)
+                    info["placement"]["gpus"] = _gpu_status()
                 json.dump(info, sys.stdout, indent=2, default=str)
                 sys.stdout.write("\n")
             else:
                 _print_inspect(info, sys.stdout)
                 if placement is not None:
                     sys.stdout.write("\n" + placement.summary(verbose=args.verbose) + "\n")
+                    sys.stdout.write(f"GPUs: {_gpu_status()}\n")
             sys.stdout.flush()
         except BrokenPipeError:  # `mgrt inspect ... | head`
             sys.stderr.close()

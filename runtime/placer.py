@@ -504,8 +504,15 @@ class Placement:
             parts.append(f"{rest} more in {len(ranked) - 3} other ways (Placement.moved "
                          f"lists every node)")
         what = "soft placement" if self.allow_soft_placement else "placement"
+        tail = ""
+        if not any(d.device_type == "GPU" for d in self.devices) and any(
+                m.reason == "no such device on this host" and "GPU" in (m.requested or "").upper()
+                for m in self.moved):
+            from mgrt.devices import gpu_status
+
+            tail = f". GPUs: {gpu_status()}"
         return (f"mgrt: {what} moved {len(self.moved)} of {len(self.ops)} nodes: "
-                + "; ".join(parts))
+                + "; ".join(parts) + tail)
 
     def summary(self, verbose=False):
         """Text for ``mgrt inspect --placement``: nodes per device (with op types), the nodes

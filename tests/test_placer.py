@@ -352,8 +352,10 @@ def test_gpu_train_warning_line():
     assert stream.getvalue() == (
         f"mgrt: soft placement moved {n} of {n} nodes: {n - n_cpu} pinned to {worker}GPU:0 -> "
         f"{CPU0} (no such device on this host); {n_cpu} pinned to {worker}CPU:0 -> {CPU0} "
-        f"(another job, replica or task: re-targeted to this host)\n")
+        f"(another job, replica or task: re-targeted to this host). "
+        f"GPUs: {devices_lib.gpu_status()}\n")
     assert p.warning() == stream.getvalue().strip()
+    assert "no GPU" in devices_lib.gpu_status()  # says why there is none (CuPy, driver ...)
 
 
 @pytest.mark.parametrize("imp", ["plain", "clear_devices"])
