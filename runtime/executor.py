@@ -137,20 +137,21 @@ class Plan:
         device_of = placement.device_of
         fed = {id(t): t for t in feed_tensors}
         # --- prune: what the fetches and targets need ------------------------------------------
-        needed = {}
-        stack = [t.op for t in fetch_tensors if id(t) not in fed] + list(target_ops)
-        while stack:
-            op = stack.pop()
-            if id(op) in needed:
-                continue
-            needed[id(op)] = op
-            for t in op._inputs:
-                if id(t) not in fed:
-                    stack.append(t.op)
-            stack.extend(op._control_inputs)
+        roots = [t.op for t in fetch_tensors if id(t) not in fed] + list(target_ops)
+        needed = _needed(roots, fed, prune_control_only=False)
         ops = sorted(needed.values(), key=lambda o: o._id)  # graph order
-
         self.has_control_flow = any(op.type in _CONTROL_FLOW_OPS for op in ops)
+        self.n_pruned = 0
+        if not self.has_control_flow:
+            # A side-effect-free op that only a control edge asks for (the unused input
+            # gradient of a MatMul, grouped into a train op by tf.gradients' tuple) changes
+            # nothing when it runs: leave it out, as TensorFlow's graph optimizer does.
+            # (With control flow, control edges carry deadness and frames: nothing is left out.)
+            slim = _needed(roots, fed, prune_control_only=True)
+            if len(slim) < len(needed):
+                self.n_pruned = len(needed) - len(slim)
+                needed = slim
+                ops = sorted(needed.values(), key=lambda o: o._id)
 
         # --- order: a topological order preferring graph order ---------------------------------
         pos = {id(op): i for i, op in enumerate(ops)}
@@ -360,6 +361,70 @@ class Plan:
             for s in free_after:
                 values[s] = None
         return [values[s] for s in self.fetch_slots]
+
+
+# Ops that have an effect although their OpDef is not stateful: they raise on bad values.
+_CHECKING_OPS = frozenset(("CheckNumerics", "CheckNumericsV2", "Assert", "EnsureShape",
+                           "VerifyTensorAllFinite"))
+# Stateful by their OpDef, but running them changes nothing (a read, a handle).
+_EFFECT_FREE_STATEFUL = frozenset(("VariableV2", "Variable", "VarHandleOp", "ReadVariableOp",
+                                   "Placeholder", "PlaceholderV2"))
+
+
+def _effect_free(op):
+    op_def = op.op_def
+    if op_def is None or op.type in _CHECKING_OPS or op.type in _CONTROL_FLOW_OPS:
+        return False
+    if any(arg.is_ref for arg in op_def.input_arg):
+        return False  # writes through a ref (Assign, Apply*, Scatter*): not marked stateful
+    return not op_def.is_stateful or op.type in _EFFECT_FREE_STATEFUL
+
+
+def _closure_effect_free(op, fed, memo):
+    """Whether running ``op`` and everything it needs (inputs not past fed tensors, control
+    inputs) has no effect but its outputs: no state changed, no check that could raise."""
+    got = memo.get(id(op))
+    if got is not None:
+        return got
+    stack = [(op, False)]
+    while stack:
+        o, expanded = stack.pop()
+        if id(o) in memo:
+            continue
+        deps = [t.op for t in o._inputs if id(t) not in fed] + list(o._control_inputs)
+        if not expanded:
+            if not _effect_free(o):
+                memo[id(o)] = False
+                continue
+            stack.append((o, True))
+            stack.extend((d, False) for d in deps if id(d) not in memo)
+        else:
+            memo[id(o)] = all(memo.get(id(d), False) for d in deps)
+    return memo[id(op)]
+
+
+def _needed(roots, fed, prune_control_only):
+    """{id: op} of what ``roots`` need: their inputs (not past fed tensors) and control inputs;
+    with ``prune_control_only``, an op reached only through control edges is left out (with
+    what only it needs) when running it, and all it needs, has no effect."""
+    needed = {}
+    memo = {}
+    stack = [(op, False) for op in roots]
+    while stack:
+        op, by_control = stack.pop()
+        key = id(op)
+        if key in needed:
+            continue
+        if by_control and prune_control_only and op.op_def is not None and \
+                op.op_def.output_arg and _closure_effect_free(op, fed, memo):
+            continue  # (a data edge seen later still brings it in)
+        needed[key] = op
+        for t in op._inputs:
+            if id(t) not in fed:
+                stack.append((t.op, False))
+        for c in op._control_inputs:
+            stack.append((c, True))
+    return needed
 
 
 def _activating(run, activate):

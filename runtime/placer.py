@@ -95,6 +95,10 @@ _IDENTITY_OPS = frozenset({"Identity", "RefIdentity"})
 _VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp", "TemporaryVariable"})
 
 _DT_INT32, _DT_STRING, _DT_RESOURCE = 3, 7, 20
+# The executor runs the control-flow ops itself (no kernels); on a GPU their predicates live in
+# host memory, as TensorFlow's GPU registrations of Switch and LoopCond have them.
+_CONTROL_FLOW_HOST_MEMORY = {"Switch": ("pred",), "RefSwitch": ("pred",),
+                             "LoopCond": ("input", "output")}
 _REF = 100
 
 Moved = namedtuple("Moved", ["op", "requested", "assigned", "reason"])
@@ -1054,7 +1058,7 @@ def _place(graph_or_ops, devices, has_kernel, allow_soft_placement, log_device_p
             continue
         op = ops[i]
         kd = kernels.get((i, d.device_type))
-        names_host = getattr(kd, "host_memory", None) or ()
+        names_host = getattr(kd, "host_memory", None) or _CONTROL_FLOW_HOST_MEMORY.get(op.type, ())
         names_device = getattr(kd, "device_memory", None) or ()
         in_enums = tuple(_enum(t.dtype) for t in op.inputs)
         out_enums = tuple(_enum(t.dtype) for t in op.outputs)

@@ -96,13 +96,16 @@ def test_gpu_pinned_fixture_keeps_its_gpu_placement_and_logs_it(gpus, capfd):
         assert by_type[t] == {GPU0}, (t, by_type[t])
     assert by_type["SaveV2"] == {CPU0} and by_type["RestoreV2"] == {CPU0}
     lines = [ln for ln in err.splitlines() if not ln.startswith("mgrt: ")]
-    assert f"MatMul: (MatMul): {GPU0}" in lines
+    matmuls = [op.name for op in g.get_operations() if op.type == "MatMul"]
+    for name in matmuls:
+        assert f"{name}: (MatMul): {GPU0}" in lines
     assert "re-targeted to this host" in err
 
 
 def test_gpu_pinned_fixture_trains_on_the_gpu_as_in_tensorflow(gpus, tmp_path):
     """Five Momentum steps with the variables on GPU:0 give TensorFlow's losses; a training
-    step copies only its feed (x; y is int32, host memory) and its fetch (the loss); the
+    step copies only its feeds (x, and the int32 labels y, which the cross entropy reads in
+    device memory as TensorFlow's GPU kernel does) and its fetch (the loss); the
     variables live in GPU buffers; Saver.save writes what TensorFlow saved after five steps, and
     restore puts the values back into GPU buffers."""
     from mgrt.kernels_cpu.state_ops import _var_key
@@ -145,10 +148,11 @@ def test_gpu_pinned_fixture_trains_on_the_gpu_as_in_tensorflow(gpus, tmp_path):
                 w.name.rsplit(":", 1)[0]], rtol=0, atol=0)
     np.testing.assert_allclose(losses, run["losses_per_step"], rtol=1e-5)
     assert final == pytest.approx(run["loss_after_training"], rel=1e-5)
-    assert step_plan.n_copies == 1  # x onto the GPU
+    assert step_plan.n_copies == 2  # x and y onto the GPU
     if before is not None:  # the simulated GPU counts what moved in the four steps
-        assert after["puts"] - before["puts"] == 4
-        assert after["put_bytes"] - before["put_bytes"] == 4 * data["x"].nbytes
+        assert after["puts"] - before["puts"] == 8
+        assert after["put_bytes"] - before["put_bytes"] == 4 * (data["x"].nbytes +
+                                                                 data["y"].nbytes)
         assert after["fetches"] - before["fetches"] == 4
         assert after["implicit_puts"] == before["implicit_puts"]
         assert after["peer_copies"] == before["peer_copies"]
