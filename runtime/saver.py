@@ -19,9 +19,11 @@ then move the variables' buffers themselves, one tensor at a time:
   every key is in the checkpoint (a missing key is a NotFoundError naming it and the closest
   names), every dtype and shape matches its variable (InvalidArgumentError naming the variable,
   the checkpoint's shape and the variable's), and every tensor is read once and its crc32c
-  checked (one at a time: a corrupted, truncated or missing data file fails here). The second
-  pass reads each tensor again and puts it into the variable's buffer on the variable's device
-  (``Device.put``). Peak extra memory is about the largest tensor, not the checkpoint.
+  checked (through a 256 KiB buffer, nothing kept: a corrupted, truncated or missing data file
+  fails here). The second pass reads each tensor again, straight into a new buffer (crc32c
+  checked again), and puts that into the variable's slot on the variable's device
+  (``Device.put``; on the CPU the buffer itself becomes the variable's). Memory beyond the
+  restored variables themselves: one tensor at a time, at most the largest, not the checkpoint.
 
 Where the SaverDef's nodes have a shape this module does not know (hand-built graphs), save and
 restore run the nodes through the session as TensorFlow does, after the same checks.
@@ -226,6 +228,38 @@ def read_tensor(reader, name, spec=None):
             return reader.read(ordered_code.encode_tensor_name_slice(key, ext))
     full = reader.read(key)
     return np.ascontiguousarray(full[spec.index()])
+
+
+def verify_tensor(reader, name, spec=None):
+    """Checks what :func:`read_tensor` would read (entries, extents, crc32c) without keeping
+    it: memory stays at a small buffer for numeric tensors (``BundleReader.verify``)."""
+    key = _key_bytes(name)
+    if spec is None or spec.is_full():
+        if spec is not None:
+            stored = reader.shape_of(reader.entry(key))
+            if stored != spec.full_shape:
+                raise errors.InvalidArgumentError(
+                    None, None, f"tensor_name = {_key_str(key)}; shape in shape_and_slice spec "
+                    f"{_shape_str(spec.full_shape)} does not match the shape stored in "
+                    f"checkpoint: {_shape_str(stored)}")
+        reader.verify(key)
+        return
+    entry = reader.entry(key)
+    stored = reader.shape_of(entry)
+    if stored != spec.full_shape:
+        read_tensor(reader, name, spec)  # raises its error
+    want = spec.bounds()
+    from mgrt.runtime.checkpoint import ordered_code
+
+    for sp in entry.slices:
+        got = [(e.start, e.start + e.length) if e.HasField("length") else (0, stored[d])
+               for d, e in enumerate(sp.extent)]
+        if got == want:
+            ext = [(e.start, e.length) if e.HasField("length")
+                   else (e.start, ordered_code.FULL_EXTENT) for e in sp.extent]
+            reader.verify(ordered_code.encode_tensor_name_slice(key, ext))
+            return
+    reader.verify(key)
 
 
 def write_tensor(writer, name, value, dtype, spec=None, shard=None):
@@ -795,7 +829,7 @@ def _check_items(reader, items, prefix):
         err = errors.InvalidArgumentError(None, None, "\n".join(bad))
         raise _wrap_restore_error(err, "a mismatch between the current graph and the graph")
     for it in items:
-        read_tensor(reader, it.key, it.spec)  # crc32c of every tensor (and its data file)
+        verify_tensor(reader, it.key, it.spec)  # crc32c of every tensor (and its data file)
 
 
 def _check_restore_ops(reader, ops):

@@ -13,16 +13,19 @@ A bundle at ``prefix`` is
   elements' bytes; its crc32c covers the lengths *each as a u32* (u64 past 4 GiB, as TensorFlow
   does), then the four bytes of the length checksum, then the elements' bytes.
 
-:class:`BundleReader` reads one tensor at a time (seek + read into the result's own buffer) and
-checks its crc32c on every read. :class:`BundleWriter` streams tensors into temporary files and
-publishes the bundle with fsync + rename on :meth:`BundleWriter.finish`. :func:`merge_bundles`
-is TensorFlow's ``MergeV2Checkpoints``. Every problem with a file is an mgrt error
+:class:`BundleReader` reads one tensor at a time (seek + read into the result's own buffer, by
+256 KiB chunks, each checksummed while it is in the CPU's cache) and checks its crc32c on every
+read; :meth:`BundleReader.verify` checks a tensor without keeping it. :class:`BundleWriter`
+streams tensors into temporary files (the write-back to disk started in the background as
+they grow) and publishes the bundle with fsync + rename on :meth:`BundleWriter.finish`.
+:func:`merge_bundles` is TensorFlow's ``MergeV2Checkpoints``. Every problem with a file is an mgrt error
 (:mod:`mgrt.runtime.errors`) naming the file.
 """
 
 import difflib
 import errno
 import glob
+import mmap
 import os
 import re
 import secrets
@@ -60,6 +63,16 @@ DT_VARIANT = types_pb2.DT_VARIANT
 
 V1_MESSAGE = ("V1 checkpoints are not supported; re-save it with TensorFlow 1.x's "
               "tf.train.Saver(write_version=tf.train.SaverDef.V2)")
+
+# Reads and writes of numeric tensors go by chunks of this size, each checksummed right after
+# it is read or written, while it is still in the CPU's cache (about 1.2x faster than one read
+# and one pass of crc32c over the whole tensor, 3x when the tensor is only verified).
+_CHUNK = 256 * 1024
+
+# While a bundle is written, the write-back of its data files is started (fdatasync in a thread)
+# every this many bytes, so that the disk writes the early tensors while the later ones are
+# copied, and the fsync of finish() has little left to wait for.
+_FLUSH_EVERY = 32 * 1024 * 1024
 
 _DATA_SUFFIX_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
 
@@ -141,6 +154,25 @@ def _numpy_dtype(enum):
 
 
 _LITTLE_HOST = np.little_endian
+
+# Tensors at least this large are read into their own anonymous memory mapping (4 KiB pages)
+# rather than numpy's allocation, which asks the kernel for transparent huge pages from 4 MiB
+# up: a huge page costs a 2 MiB zeroing and, on a fragmented host or in a VM, often more
+# (compaction, the hypervisor's first touch): a restore's time then swings by up to 2x from one
+# run to the next. TensorFlow's buffers do not ask for huge pages either.
+_OWN_MAPPING_MIN = 4 * 1024 * 1024
+
+
+def _empty(n, dtype):
+    """An uninitialized 1-D array of ``n`` elements of ``dtype`` (writable; its memory is
+    returned to the system when the last view of it is gone)."""
+    nbytes = n * dtype.itemsize
+    if nbytes >= _OWN_MAPPING_MIN:
+        try:
+            return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
+        except (OSError, ValueError, OverflowError):
+            pass
+    return np.empty(n, dtype=dtype)
 
 
 def _check_dtype(enum, key, filename):
@@ -408,6 +440,43 @@ class BundleReader:
                         f"bytes [{offset}, {offset + total}) (it shrank while open?).")
                 got += k
 
+    def _read_crc(self, raw, path, offset, size, dest=None):
+        """The crc32c of the ``size`` bytes at ``offset``, read chunk by chunk (``_CHUNK``) and
+        each chunk checksummed right after it is read, while it is in the CPU's cache. With
+        ``dest`` (a writable 1-D uint8 array of ``size`` bytes) the bytes land there; without,
+        they pass through one chunk-sized buffer (memory: one chunk, not the tensor)."""
+        if not size:
+            return 0
+        if dest is None:
+            buf = np.empty(min(size, _CHUNK), dtype=np.uint8)
+            step = buf.size
+        else:
+            buf = dest
+            step = _CHUNK
+        view = memoryview(buf).cast("B")
+        ro = crc_lib.readonly_view(buf)
+        extend = crc_lib.extend_view
+        crc = 0
+        with self._lock:
+            raw.seek(offset)
+            readinto = raw.readinto
+            pos = 0
+            while pos < size:
+                n = min(step, size - pos)
+                start = 0 if dest is None else pos
+                got = start
+                end = start + n
+                while got < end:
+                    k = readinto(view[got:end])
+                    if not k:
+                        raise errors.DataLossError(
+                            None, None, f"Checkpoint data file {path!r} ended early while "
+                            f"reading bytes [{offset}, {offset + size}) (it shrank while open?).")
+                    got += k
+                crc = extend(crc, ro[start:end])
+                pos += n
+        return crc
+
     def _checksum_error(self, key, entry, path, computed):
         return errors.DataLossError(
             None, None,
@@ -424,6 +493,24 @@ class BundleReader:
             return self._read_sliced(key, entry)
         return self._read_entry(key, entry)
 
+    def verify(self, key):
+        """Checks tensor ``key`` (bytes) as :meth:`read` does (its entry, its extent in its
+        data file, the crc32c of its bytes) without keeping it: a numeric tensor's bytes pass
+        through one small buffer, so the memory this takes is not the tensor's size (string and
+        partitioned tensors are read whole)."""
+        entry = self.entry(key)
+        if entry.slices:
+            self._read_sliced(key, entry)
+            return
+        self._check_numpy_rank(key, self.shape_of(entry))
+        raw, path, n, dt = self._check_extent(key, entry)
+        if dt is None:
+            self._read_strings(key, entry, raw, path, n)
+            return
+        computed = self._read_crc(raw, path, entry.offset, entry.size)
+        if computed != crc_lib.unmask(entry.crc32c):
+            raise self._checksum_error(key, entry, path, computed)
+
     def _check_numpy_rank(self, key, shape):
         if len(shape) > NUMPY_MAX_RANK:
             raise errors.UnimplementedError(
@@ -437,10 +524,8 @@ class BundleReader:
         raw, path, n, dt = self._check_extent(key, entry)
         if dt is None:
             return self._read_strings(key, entry, raw, path, n).reshape(shape)
-        arr = np.empty(n, dtype=dt)
-        buf = arr.view(np.uint8)
-        self._read_into(raw, path, entry.offset, buf)
-        computed = crc_lib.value(buf)
+        arr = _empty(n, dt)
+        computed = self._read_crc(raw, path, entry.offset, entry.size, arr.view(np.uint8))
         if computed != crc_lib.unmask(entry.crc32c):
             raise self._checksum_error(key, entry, path, computed)
         if self.byte_swap:
@@ -657,11 +742,75 @@ def _refuse_unsaveable(enum):
             "with mgrt (resource and variant tensors hold TensorFlow runtime objects).")
 
 
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class _Flusher:
+    """Background write-back of one data file: every ``_FLUSH_EVERY`` bytes written (and when
+    the previous one is done), an ``fdatasync`` of the file runs in a thread. An error it meets
+    is kept and raised by :meth:`join` (an fsync error is reported only once, so the final
+    fsync might not see it again)."""
+
+    __slots__ = ("path", "pending", "thread", "error")
+
+    def __init__(self, path):
+        self.path = path
+        self.pending = 0
+        self.thread = None
+        self.error = None
+
+    def written(self, f, nbytes):
+        self.pending += nbytes
+        if self.pending < _FLUSH_EVERY or (self.thread is not None and self.thread.is_alive()):
+            return
+        f.flush()
+        self.pending = 0
+        thread = threading.Thread(target=self._run, args=(f.fileno(),),
+                                  name="mgrt-checkpoint-flush", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: finish()'s fsync does it all
+            return
+        self.thread = thread
+
+    def _run(self, fd):
+        try:
+            _fdatasync(fd)
+        except OSError as e:
+            if self.error is None:
+                self.error = OSError(e.errno, e.strerror, self.path)
+
+    def join(self, raise_error=True):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if raise_error and self.error is not None:
+            raise self.error
+
+
+def _write_numeric(f, raw):
+    """Writes a 1-D uint8 array chunk by chunk, each chunk checksummed right after it is
+    written (still in the CPU's cache); returns its crc32c."""
+    size = raw.size
+    if not size:
+        return 0
+    ro = crc_lib.readonly_view(raw)
+    write = f.write
+    extend = crc_lib.extend_view
+    crc = 0
+    for pos in range(0, size, _CHUNK):
+        chunk = ro[pos:pos + _CHUNK]
+        write(chunk)
+        crc = extend(crc, chunk)
+    return crc
+
+
 class BundleWriter:
     """Writes a V2 bundle at ``prefix``, tensor by tensor.
 
-    ``add(name, value)`` writes the tensor's bytes to a temporary data file right away (memory
-    stays at one tensor); ``finish()`` writes the index (keys sorted, as the table requires),
+    ``add(name, value)`` writes the tensor's bytes to a temporary data file right away (no
+    copy of a contiguous little-endian array; every 32 MiB an ``fdatasync`` in a thread starts
+    the write-back to disk); ``finish()`` writes the index (keys sorted, as the table requires),
     fsyncs everything and renames the files to their final names, data files first and the
     index last. A crash before ``finish()`` returns leaves only ``*.tempstate*`` files, never a
     half-written bundle under the final names. ``abort()`` (or leaving a ``with`` block by an
@@ -697,7 +846,7 @@ class BundleWriter:
             for i in range(num_shards):
                 final = data_filename(self.prefix, i, num_shards)
                 temp = f"{final}.tempstate{tag}"
-                self._shards.append([final, temp, open(temp, "wb"), 0])
+                self._shards.append([final, temp, open(temp, "wb"), 0, _Flusher(temp)])
         except OSError as e:
             self.abort()
             raise _write_error(e, temp) from None
@@ -739,9 +888,9 @@ class BundleWriter:
                         "=" if not _LITTLE_HOST else ">"):
                     arr = arr.astype(arr.dtype.newbyteorder("<"))
                 raw = arr.reshape(-1).view(np.uint8)
-                f.write(raw.data if raw.size else b"")
+                crc = _write_numeric(f, raw)
                 size = raw.size
-                crc = crc_lib.value(raw)
+            rec[4].written(f, size)
         except OSError as e:
             # A partly written tensor would shift every later offset: the writer is done.
             self.abort()
@@ -758,6 +907,7 @@ class BundleWriter:
         try:
             for rec in self._shards:
                 f = rec[2]
+                rec[4].join()
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
@@ -782,6 +932,7 @@ class BundleWriter:
         """Deletes the temporary files; the bundle is not written."""
         self._finished = True
         for rec in self._shards:
+            rec[4].join(raise_error=False)
             try:
                 rec[2].close()
             except OSError:

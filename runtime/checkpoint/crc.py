@@ -27,6 +27,17 @@ def _readonly(data):
     return view
 
 
+def readonly_view(data):
+    """``data`` as a read-only 1-D uint8 view (no copy), which :func:`extend_view` takes as it
+    is; slices of it are read-only views too (the chunked reads and writes of :mod:`.bundle`)."""
+    return _readonly(data)
+
+
+def extend_view(crc, view):
+    """:func:`extend` of a :func:`readonly_view` (or ``bytes``), without converting it again."""
+    return google_crc32c.extend(crc, view)
+
+
 def value(data):
     """crc32c of ``data``."""
     return google_crc32c.value(_readonly(data))
