@@ -7,9 +7,25 @@ Adadelta, AddSign, PowerSign, AdagradDA, Ftrl, FtrlV2), the Scatter* and Scatter
 (ref and resource) and ResourceGather / ResourceGatherNd.
 
 Buffers live in the Session's state (``ctx.state``); a ref output is an ``executor.Ref``, a
-resource handle a 0-d object array holding a ``ResourceHandle``. Updates write a new array into
-the store (they never change an array in place), so a value read earlier in the same run keeps
-the value it had when it was read.
+resource handle a 0-d object array holding a ``ResourceHandle``. A value read from a variable
+(a ref input read by value, ReadVariableOp, Identity of a ref) is the store's array itself; a
+value read earlier keeps the value it had when it was read because no update writes an array
+that anything but the store still holds:
+
+- the dense optimizer updates (Apply* / ResourceApply* GradientDescent, Momentum,
+  KerasMomentum, Adam, RMSProp, Adagrad, AdagradV2) and every SparseApply form write a
+  variable's buffer (and its slots' buffers) in place when the store holds the only reference
+  to it (``_sole``: an array that owns its memory, C-contiguous, writeable, whose reference
+  count is the store's alone) and when no other run of the session is in flight (the
+  session's ``update_guard``, see ``_enter_in_place``), and into a new buffer otherwise. So an
+  array that ``sess.run`` returned (its user holds it), a read whose consumers have not run
+  yet (an executor slot holds it), a view of the buffer anywhere: each keeps the buffer shared
+  and the update goes to a new one, as TensorFlow's copy-on-write for resource variables does
+  (it copies a buffer whose reference count is not one). The dense in-place updates run over
+  chunks of 256 KiB (the temporaries stay in cache) and evaluate TensorFlow's expressions op
+  by op in its order, so they give the bits the allocating path gives;
+- the other updates (Assign*, the scatters, the other optimizers) write a new array into the
+  store.
 
 Formulas, argument checks and error messages are TensorFlow's CPU kernels' (training_ops,
 scatter_op, scatter_nd_op, resource_variable_ops; recorded in tests/fixtures/ops/state.*). The
@@ -27,6 +43,7 @@ Where mgrt does better than TensorFlow:
   otherwise (TensorFlow would read past its end).
 """
 
+import sys
 import threading
 
 import numpy as np
@@ -277,8 +294,79 @@ def _write(holders, resource, values):
             r.assign(v)
 
 
-# use_locking: one lock per variable buffer, shared by every locking update of it. (Updates never
-# change an array in place, so an unlocked reader sees the old or the new value, never a mix.)
+# --- in-place updates: is the store's array referenced by the store alone? ------------------------
+def _refs(store, key):
+    """The reference count of ``store[key]`` as seen from here: the store's own reference plus
+    getrefcount's argument when nothing else holds the array."""
+    return sys.getrefcount(store.get(key))
+
+
+def _calibrate():
+    if not hasattr(sys, "getrefcount"):  # not CPython: never in place
+        return -1
+    probe = {0: np.empty(1)}
+    return _refs(probe, 0)
+
+
+# The count of an array only a store holds, measured through the same code path (so it holds
+# whatever the interpreter's reference counting does with arguments and temporaries).
+_SOLE_REFS = _calibrate()
+
+
+def _owns(store, key):
+    v = store.get(key)
+    if type(v) is not np.ndarray:
+        return False
+    f = v.flags
+    return f.owndata and f.c_contiguous and f.writeable
+
+
+def _sole(store, key):
+    """Whether the store holds the only reference to ``store[key]``, an array that owns its
+    memory (so every view of it, anywhere, holds a reference to it and shows in the count):
+    then nothing else can see a change of it, and an update may write it in place. Call it
+    before binding the array to a local name."""
+    return _owns(store, key) and _refs(store, key) <= _SOLE_REFS
+
+
+def _where(holder, resource):
+    """(store, key) of a state op's variable input."""
+    if resource:
+        h = _handle(holder)
+        return h.store, h.key
+    return holder.store, holder.key
+
+
+def _sole_all(holders, resource):
+    """Per variable input, whether its buffer may be written in place (all False when two
+    inputs name the same variable)."""
+    places = [_where(b, resource) for b in holders]
+    if len(places) > 1 and len({(id(st), k) for st, k in places}) != len(places):
+        return [False] * len(places)
+    return [_sole(st, k) for st, k in places]
+
+
+def _guard_of(ctx):
+    """The session's update guard (runtime/session.py: ``lock``, and ``active``, the number of
+    its runs in flight), or None (a kernel called outside a session)."""
+    return getattr(ctx.state, "update_guard", None) if ctx is not None else None
+
+
+def _enter_in_place(guard):
+    """Whether an update may write buffers in place: only while its run is the session's only
+    run in flight (another thread's run could be reading the buffer, or could read it half
+    written). True holds ``guard.lock`` (the caller releases it after the update), so a run
+    that starts meanwhile waits before it reads anything."""
+    if guard is None:
+        return True
+    guard.lock.acquire()
+    if guard.active <= 1:
+        return True
+    guard.lock.release()
+    return False
+
+
+# use_locking: one lock per variable buffer, shared by every locking update of it.
 _LOCKS = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -508,6 +596,146 @@ def _ftrl(a, s, h, g):
     return [var.astype(accum.dtype, copy=False), new_accum, linear]
 
 
+# --- the same updates written into buffers ----------------------------------------------------------
+# ``fn(a, s, d, h, g, t)``: s = the current variable and slots (flat, one chunk), d = where their
+# new values go (the same arrays for an in-place update, new buffers otherwise), g = the gradient
+# chunk, t = scratch arrays of the chunk's size. The ops are the expressions above, in their
+# order and with their operands' dtypes, so each element rounds as it does there; an s[k] is not
+# read after d[k] is written.
+def _sgd_to(a, s, d, h, g, t):
+    np.multiply(g, h["alpha"], out=t[0])
+    np.subtract(s[0], t[0], out=d[0])
+
+
+def _momentum_to(a, s, d, h, g, t):
+    lr, momentum = h["lr"], h["momentum"]
+    acc = d[1]
+    np.multiply(s[1], momentum, out=acc)
+    np.add(acc, g, out=acc)
+    t0 = t[0]
+    if a.get("use_nesterov"):  # var - (g * lr + accum * momentum * lr)
+        np.multiply(g, lr, out=t0)
+        t1 = t[1]
+        np.multiply(acc, momentum, out=t1)
+        np.multiply(t1, lr, out=t1)
+        np.add(t0, t1, out=t0)
+    else:  # var - accum * lr
+        np.multiply(acc, lr, out=t0)
+    np.subtract(s[0], t0, out=d[0])
+
+
+def _keras_momentum_to(a, s, d, h, g, t):
+    lr, momentum = h["lr"], h["momentum"]
+    acc, gl = d[1], t[0]
+    np.multiply(g, lr, out=gl)
+    np.multiply(s[1], momentum, out=acc)
+    np.subtract(acc, gl, out=acc)  # accum * momentum - g * lr
+    if a.get("use_nesterov"):  # var + (accum * momentum - g * lr)
+        t1 = t[1]
+        np.multiply(acc, momentum, out=t1)
+        np.subtract(t1, gl, out=t1)
+        np.add(s[0], t1, out=d[0])
+    else:
+        np.add(s[0], acc, out=d[0])
+
+
+def _adam_to(a, s, d, h, g, t):
+    one = _one(s[0])
+    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+    b1, b2, eps = h["beta1"], h["beta2"], h["epsilon"]
+    m, v, t0, t1 = d[1], d[2], t[0], t[1]
+    np.subtract(g, s[1], out=t0)  # m + (g - m) * (1 - beta1)
+    np.multiply(t0, one - b1, out=t0)
+    np.add(s[1], t0, out=m)
+    np.square(g, out=t0)  # v + (g^2 - v) * (1 - beta2)
+    np.subtract(t0, s[2], out=t0)
+    np.multiply(t0, one - b2, out=t0)
+    np.add(s[2], t0, out=v)
+    if a.get("use_nesterov"):  # ((g * (1 - beta1) + beta1 * m) * alpha) / (sqrt(v) + eps)
+        np.multiply(g, one - b1, out=t0)
+        np.multiply(m, b1, out=t1)
+        np.add(t0, t1, out=t0)
+        np.multiply(t0, alpha, out=t0)
+    else:  # (m * alpha) / (sqrt(v) + eps)
+        np.multiply(m, alpha, out=t0)
+    np.sqrt(v, out=t1)
+    np.add(t1, eps, out=t1)
+    np.divide(t0, t1, out=t0)
+    np.subtract(s[0], t0, out=d[0])
+
+
+def _rmsprop_to(a, s, d, h, g, t):
+    one = _one(s[0])
+    ms, mom, t0, t1 = d[1], d[2], t[0], t[1]
+    np.square(g, out=t0)  # ms + (g^2 - ms) * (1 - rho)
+    np.subtract(t0, s[1], out=t0)
+    np.multiply(t0, one - h["rho"], out=t0)
+    np.add(s[1], t0, out=ms)
+    np.add(ms, h["epsilon"], out=t1)  # mom * momentum + (g * lr) / sqrt(ms + eps)
+    np.sqrt(t1, out=t1)
+    np.multiply(g, h["lr"], out=t0)
+    np.divide(t0, t1, out=t0)
+    np.multiply(s[2], h["momentum"], out=mom)
+    np.add(mom, t0, out=mom)
+    np.subtract(s[0], mom, out=d[0])
+
+
+def _adagrad_to_fn(eps_name):
+    def update(a, s, d, h, g, t):
+        acc, t0, t1 = d[1], t[0], t[1]
+        if a.get("update_slots", True):  # accum + g^2
+            np.square(g, out=t0)
+            np.add(s[1], t0, out=acc)
+        elif acc is not s[1]:
+            np.copyto(acc, s[1])
+        np.multiply(g, h["lr"], out=t0)  # var - g * lr / sqrt(accum) [+ epsilon]
+        np.sqrt(acc, out=t1)
+        if eps_name:
+            np.add(t1, h[eps_name], out=t1)
+        np.divide(t0, t1, out=t0)
+        np.subtract(s[0], t0, out=d[0])
+    return update
+
+
+# family -> (update into buffers, number of scratch arrays)
+_TO = {
+    "GradientDescent": (_sgd_to, 1),
+    "Momentum": (_momentum_to, 2),
+    "KerasMomentum": (_keras_momentum_to, 2),
+    "Adam": (_adam_to, 2),
+    "RMSProp": (_rmsprop_to, 2),
+    "Adagrad": (_adagrad_to_fn(None), 2),
+    "AdagradV2": (_adagrad_to_fn("epsilon"), 2),
+}
+# Elements per chunk: the chunks of the variable, its slots, the gradient and the scratch arrays
+# stay in the core's cache between the ops of a chunk (one pass over memory instead of one per op).
+_CHUNK_BYTES = 1 << 18
+# Variables smaller than this (elements) take the allocating path: the checks that make an
+# in-place update safe cost a few microseconds, more than allocating a small array (measured:
+# SGD breaks even at about 20,000 float32 elements).
+_MIN_IN_PLACE = 16384
+
+
+def _update_to(fn, n_tmp, attrs, src, dst, h, g):
+    """``fn`` over the arrays (all of ``g``'s shape), chunk by chunk over their flat views.
+    ``src`` and ``dst`` are C-contiguous (their flat views write through); ``g`` may be any
+    layout (read only)."""
+    var = src[0]
+    size = var.size
+    step = max(1, _CHUNK_BYTES // var.itemsize)
+    if size <= step:  # one chunk: the arrays as they are
+        fn(attrs, src, dst, h, g, [np.empty(var.shape, var.dtype) for _ in range(n_tmp)])
+        return
+    s = [x.reshape(-1) for x in src]
+    d = [x.reshape(-1) for x in dst]
+    gf = g.reshape(-1)
+    t = [np.empty(step, var.dtype) for _ in range(n_tmp)]
+    for a in range(0, size, step):
+        b = min(size, a + step)
+        n = b - a
+        fn(attrs, [x[a:b] for x in s], [x[a:b] for x in d], h, gf[a:b], [x[:n] for x in t])
+
+
 # --- argument checks ------------------------------------------------------------------------------
 def _not_scalar(label):
     return lambda name, x, attrs: x.ndim != 0 and f"{label}: {_shp(x.shape)}"
@@ -654,24 +882,52 @@ def _make_apply(family, resource):
         grad_pos = hp_names.index(grad_name)
         hp_names = hp_names[:grad_pos] + hp_names[grad_pos + 1:]
         use_locking = bool(attrs.get("use_locking", False))
+        to, n_tmp = _TO.get(family, (None, 0))
+        guard = _guard_of(ctx) if to is not None else None
+        small = [to is None]  # whether the last update was of a small variable (or no _TO)
+
+        def update(holders, rest, grad, sole):
+            cur = _read_apply(holders, resource)
+            var = cur[0]
+            dtype = var.dtype
+            h = _hyper(spec.checks, hp_names, rest, dtype, attrs)
+            _check_slot_shapes(spec, spec.slots, cur)
+            if grad.shape != var.shape:
+                raise _err(f"var and {grad_name} do not have the same shape"
+                           f"{_shp(var.shape)} {_shp(grad.shape)}")
+            g = grad.astype(dtype, copy=False)
+            if to is not None:
+                small[0] = var.size < _MIN_IN_PLACE
+            if sole is not None and all(c.shape == var.shape and c.dtype == dtype for c in cur):
+                # the sole buffers in place, the others into new ones
+                dst = [c if ok else np.empty(c.shape, dtype) for c, ok in zip(cur, sole)]
+                _update_to(to, n_tmp, attrs, cur, dst, h, g)
+                if not all(sole):
+                    _write(holders, resource, dst)
+                return
+            state = [c if c.shape == var.shape else c.reshape(var.shape) for c in cur]
+            new = spec.update(attrs, state, h, g)
+            new = [np.asarray(v, dtype=dtype) for v in new]
+            # (a reshape to the same shape would store a view: not writable in place later)
+            new = [v if v.shape == c.shape else v.reshape(c.shape) for v, c in zip(new, cur)]
+            _write(holders, resource, new)
 
         def run(*inputs):
             holders = inputs[:n_state]
             rest = list(inputs[n_state:])
             grad = np.asarray(rest.pop(grad_pos))
             with _locked(holders[0], use_locking), np.errstate(all="ignore"):
-                cur = _read_apply(holders, resource)
-                var = cur[0]
-                dtype = var.dtype
-                h = _hyper(spec.checks, hp_names, rest, dtype, attrs)
-                _check_slot_shapes(spec, spec.slots, cur)
-                if grad.shape != var.shape:
-                    raise _err(f"var and {grad_name} do not have the same shape"
-                               f"{_shp(var.shape)} {_shp(grad.shape)}")
-                state = [c if c.shape == var.shape else c.reshape(var.shape) for c in cur]
-                new = spec.update(attrs, state, h, grad.astype(dtype, copy=False))
-                new = [np.asarray(v, dtype=dtype).reshape(c.shape) for v, c in zip(new, cur)]
-                _write(holders, resource, new)
+                if small[0]:
+                    update(holders, rest, grad, None)
+                elif _enter_in_place(guard):
+                    try:
+                        # before any local name holds the buffers: which ones only the store holds
+                        update(holders, rest, grad, _sole_all(holders, resource))
+                    finally:
+                        if guard is not None:
+                            guard.lock.release()
+                else:
+                    update(holders, rest, grad, [False] * n_state)
             return () if resource else (holders[0],)
 
         return run
@@ -712,6 +968,52 @@ def _make_sparse_apply(family, resource):
         hp_names = [n for n in others if n not in ("grad", "indices")]
         use_locking = bool(attrs.get("use_locking", False))
         rank_check = family in _SPARSE_RANK_CHECK
+        guard = _guard_of(ctx)
+        small = [False]  # whether the last update was of a small variable
+
+        def update(holders, grad, indices, hp_values, sole):
+            cur = _read_apply(holders, resource)
+            var = cur[0]
+            dtype = var.dtype
+            small[0] = var.size < _MIN_IN_PLACE
+            _check_slot_shapes(spec, spec.sparse_slots, cur, dense=False)
+            if var.ndim < 1:
+                raise _err("var must be at least 1 dimensional")
+            h = _hyper(spec.sparse_checks, hp_names, hp_values, dtype, attrs)
+            if indices.ndim != 1:
+                raise _err("indices must be one-dimensional")
+            if rank_check and grad.ndim != var.ndim:
+                raise _err("grad must have the same number of dimensions as var")
+            for d in range(1, var.ndim):
+                if d >= grad.ndim or grad.shape[d] != var.shape[d]:
+                    raise _err(f"var and grad must match in dimension {d}")
+            n = indices.shape[0]
+            if grad.ndim < 1 or grad.shape[0] != n:
+                raise _err("grad must be the same size as indices in the first dimension.")
+            row = var.shape[1:]
+            if grad.size != n * int(np.prod(row, dtype=np.int64)):
+                raise _err(f"var and grad must match in dimension {var.ndim}")
+            limit = var.shape[0]
+            idx = indices.astype(np.int64, copy=False)
+            bad = np.flatnonzero((idx < 0) | (idx >= limit))
+            if bad.size:
+                i = int(bad[0])
+                if spec.oob == "slice":
+                    raise _err(f"indices[{i}] = {int(idx[i])} is not in [0, {limit})")
+                raise _err(f"Index {int(idx[i])} at offset {i} in indices is out of range")
+            if n == 0:
+                return () if resource else (holders[0],)
+            g = grad.reshape((n,) + row).astype(dtype, copy=False)
+            # the rows are written into the buffers only the store holds, else into copies
+            new = [c.copy() for c in cur] if sole is None else \
+                [c if ok else c.copy() for c, ok in zip(cur, sole)]
+            for sel in _occurrence_rounds(idx):
+                rows = idx[sel]
+                out = spec.update(attrs, [c[rows] for c in new], h, g[sel])
+                for c, v in zip(new, out):
+                    c[rows] = v
+            _write(holders, resource, new)
+            return () if resource else (holders[0],)
 
         def run(*inputs):
             holders = inputs[:n_state]
@@ -720,45 +1022,17 @@ def _make_sparse_apply(family, resource):
             indices = np.asarray(rest[i_pos])
             hp_values = [x for k, x in enumerate(rest) if k not in (g_pos, i_pos)]
             with _locked(holders[0], use_locking), np.errstate(all="ignore"):
-                cur = _read_apply(holders, resource)
-                var = cur[0]
-                dtype = var.dtype
-                _check_slot_shapes(spec, spec.sparse_slots, cur, dense=False)
-                if var.ndim < 1:
-                    raise _err("var must be at least 1 dimensional")
-                h = _hyper(spec.sparse_checks, hp_names, hp_values, dtype, attrs)
-                if indices.ndim != 1:
-                    raise _err("indices must be one-dimensional")
-                if rank_check and grad.ndim != var.ndim:
-                    raise _err("grad must have the same number of dimensions as var")
-                for d in range(1, var.ndim):
-                    if d >= grad.ndim or grad.shape[d] != var.shape[d]:
-                        raise _err(f"var and grad must match in dimension {d}")
-                n = indices.shape[0]
-                if grad.ndim < 1 or grad.shape[0] != n:
-                    raise _err("grad must be the same size as indices in the first dimension.")
-                row = var.shape[1:]
-                if grad.size != n * int(np.prod(row, dtype=np.int64)):
-                    raise _err(f"var and grad must match in dimension {var.ndim}")
-                limit = var.shape[0]
-                idx = indices.astype(np.int64, copy=False)
-                bad = np.flatnonzero((idx < 0) | (idx >= limit))
-                if bad.size:
-                    i = int(bad[0])
-                    if spec.oob == "slice":
-                        raise _err(f"indices[{i}] = {int(idx[i])} is not in [0, {limit})")
-                    raise _err(f"Index {int(idx[i])} at offset {i} in indices is out of range")
-                if n == 0:
-                    return () if resource else (holders[0],)
-                g = grad.reshape((n,) + row).astype(dtype, copy=False)
-                new = [c.copy() for c in cur]
-                for sel in _occurrence_rounds(idx):
-                    rows = idx[sel]
-                    out = spec.update(attrs, [c[rows] for c in new], h, g[sel])
-                    for c, v in zip(new, out):
-                        c[rows] = v
-                _write(holders, resource, new)
-            return () if resource else (holders[0],)
+                if small[0]:
+                    return update(holders, grad, indices, hp_values, None)
+                if _enter_in_place(guard):
+                    try:
+                        # before any local name holds the buffers: which ones only the store holds
+                        return update(holders, grad, indices, hp_values,
+                                      _sole_all(holders, resource))
+                    finally:
+                        if guard is not None:
+                            guard.lock.release()
+                return update(holders, grad, indices, hp_values, None)
 
         return run
 

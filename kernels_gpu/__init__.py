@@ -106,7 +106,11 @@ def numba_cuda():
 
             enable_numba_simulator()
         try:
-            from numba import cuda
+            from numba import config, cuda
+
+            # kernels are launched on the device's own stream, in order: numba need not
+            # synchronize every CuPy array it is handed (its default does, per argument)
+            config.CUDA_ARRAY_INTERFACE_SYNC = False
         except ImportError:
             cuda = None
         _numba["cuda"] = cuda

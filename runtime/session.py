@@ -41,6 +41,27 @@ class ConfigProto:
 _CACHEABLE_FETCH = frozenset((graph_lib.Tensor, graph_lib.Operation, str))
 
 
+class _UpdateGuard:
+    """The session's runs in flight, for the optimizer updates that write a variable's buffer in
+    place (kernels_cpu/state_ops.py): one does so only while its run is the session's only one
+    (``active`` <= 1), holding ``lock``; a run that starts meanwhile waits on ``lock`` before it
+    reads anything, so no run ever sees a buffer half updated."""
+
+    __slots__ = ("lock", "active")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = 0
+
+    def enter(self):
+        with self.lock:
+            self.active += 1
+
+    def exit(self):
+        with self.lock:
+            self.active -= 1
+
+
 def _string_array(value, t):
     """A feed for a string tensor as an object array of bytes (``str`` encoded as UTF-8, as
     TensorFlow does)."""
@@ -179,6 +200,7 @@ class Session:
         self._graph = graph or graph_lib.get_default_graph()
         self._config = config or ConfigProto()
         self._state = executor.SessionState()
+        self._state.update_guard = _UpdateGuard()
         self._plans = {}
         self._closed = False
         self._default_ctx = None
@@ -381,7 +403,13 @@ class Session:
         mapper, fetch_tensors, targets, where = self._fetch_mapper(fetches)
         feed_tensors, feed_values = self._feed(feed_dict)
         plan = self._plan(fetch_tensors, targets, feed_tensors)
-        return self._results(mapper, where, plan.run(feed_values))
+        guard = self._state.update_guard
+        guard.enter()
+        try:
+            out = plan.run(feed_values)
+        finally:
+            guard.exit()
+        return self._results(mapper, where, out)
 
     def make_callable(self, fetches, feed_list=None, accept_options=False):
         """A function running ``fetches`` with positional feed values (the plan is built
@@ -393,6 +421,7 @@ class Session:
         cached = [None, None]  # graph version, plan
         feed_value = self._feed_value
         graph = self._graph
+        guard = self._state.update_guard
 
         def call(*args, **kwargs):
             if len(args) != n:
@@ -403,7 +432,12 @@ class Session:
             if cached[0] != graph.version:
                 cached[1] = self._plan(fetch_tensors, targets, feed_tensors)
                 cached[0] = graph.version
-            return self._results(mapper, where, cached[1].run(values))
+            guard.enter()
+            try:
+                out = cached[1].run(values)
+            finally:
+                guard.exit()
+            return self._results(mapper, where, out)
 
         return call
 

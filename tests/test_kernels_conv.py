@@ -262,6 +262,92 @@ def test_maxpool_ties_and_first_max():
     np.testing.assert_array_equal(dx.reshape(3, 3), want)
 
 
+def _ref_maxpool_grad(x, g, k, s, pads):
+    """TF's MaxPoolGrad scan, element by element (NHWC): each window's first in-bounds element,
+    replaced by a later one (row-major) only when strictly greater; its gradient goes there."""
+    n, h, w, c = x.shape
+    _, oh, ow, _ = g.shape
+    dx = np.zeros(x.shape, np.float64)
+    for b in range(n):
+        for r in range(oh):
+            for q in range(ow):
+                for ch in range(c):
+                    best = None
+                    for i in range(k[0]):
+                        for j in range(k[1]):
+                            y, xx = r * s[0] + i - pads[0], q * s[1] + j - pads[1]
+                            if 0 <= y < h and 0 <= xx < w:
+                                v = x[b, y, xx, ch]
+                                if best is None or v > x[b, best[0], best[1], ch]:
+                                    best = (y, xx)
+                    if best is not None:
+                        dx[b, best[0], best[1], ch] += g[b, r, q, ch]
+    return dx
+
+
+def _ref_maxpool(x, k, s, pads, out_hw):
+    """TF's CPU MaxPool, element by element (NHWC): from the dtype's lowest finite value, an
+    in-bounds element replaces the maximum only when strictly greater (NaN never does; of 0.0
+    and -0.0 the first stays)."""
+    n, h, w, c = x.shape
+    oh, ow = out_hw
+    low = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    y = np.full((n, oh, ow, c), low, x.dtype)
+    for b in range(n):
+        for r in range(oh):
+            for q in range(ow):
+                for ch in range(c):
+                    for i in range(k[0]):
+                        for j in range(k[1]):
+                            yy, xx = r * s[0] + i - pads[0], q * s[1] + j - pads[1]
+                            if 0 <= yy < h and 0 <= xx < w and x[b, yy, xx, ch] > y[b, r, q, ch]:
+                                y[b, r, q, ch] = x[b, yy, xx, ch]
+    return y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int32"])
+def test_maxpool_grad_tiling_windows_against_scan(dtype):
+    """Windows that tile the input (ksize == strides; the fast paths of MaxPoolGrad and
+    MaxPool): ties, signed zeros, -inf and NaN, VALID with rows and columns left over, SAME with
+    padding after the input, NHWC and NCHW, against the element-by-element scans (bit for bit,
+    the sign of a zero included). (Such cases matched TF 2.21's raw_ops.MaxPoolGrad and MaxPool
+    bit for bit when this test was written.)"""
+    rs = np.random.RandomState(4)
+    values = {"ties": [0.0, 1.0, 2.0], "zeros": [0.0, -0.0, -1.0],
+              "inf": [-np.inf, -np.inf, 1.0], "nan": [np.nan, 1.0, 2.0, 2.0]}
+    if dtype == "int32":
+        values = {"ties": [0, 1, 2], "low": [np.iinfo(np.int32).min, 3]}
+    for shape in [(2, 4, 6, 3), (3, 7, 5, 2), (2, 5, 9, 1)]:
+        for kk in [(2, 2), (3, 3), (2, 3), (1, 1)]:
+            for padding in ("VALID", "SAME"):
+                for mode, pool in values.items():
+                    x = rs.choice(pool, size=shape).astype(dtype)
+                    h, w = shape[1:3]
+                    if padding == "VALID":
+                        oh, ow, pads = h // kk[0], w // kk[1], (0, 0)
+                    else:
+                        oh, ow = -(-h // kk[0]), -(-w // kk[1])
+                        pads = ((oh * kk[0] - h) // 2, (ow * kk[1] - w) // 2)
+                    g = rs.randint(1, 9, size=(shape[0], oh, ow, shape[3])).astype(dtype)
+                    want = _ref_maxpool_grad(x, g, kk, kk, pads).astype(dtype)
+                    attrs = dict(T=dtype, ksize=[1, *kk, 1], strides=[1, *kk, 1], padding=padding)
+                    (dx,) = run_kernel(_nd("MaxPoolGrad", **attrs), [x, np.zeros_like(g), g])
+                    np.testing.assert_array_equal(dx, want, err_msg=f"{shape} {kk} {padding} {mode}")
+                    nchw = dict(attrs, ksize=[1, 1, *kk], strides=[1, 1, *kk], data_format="NCHW")
+                    (dxc,) = run_kernel(_nd("MaxPoolGrad", **nchw),
+                                        [x.transpose(0, 3, 1, 2), np.zeros_like(g).transpose(0, 3, 1, 2),
+                                         g.transpose(0, 3, 1, 2)])
+                    np.testing.assert_array_equal(dxc, want.transpose(0, 3, 1, 2),
+                                                  err_msg=f"NCHW {shape} {kk} {padding} {mode}")
+                    # the forward pass
+                    want_y = _ref_maxpool(x, kk, kk, pads, (oh, ow))
+                    (y,) = run_kernel(_nd("MaxPool", **attrs), [x])
+                    assert y.tobytes() == want_y.tobytes(), (shape, kk, padding, mode, y, want_y)
+                    (yc,) = run_kernel(_nd("MaxPool", **nchw), [x.transpose(0, 3, 1, 2)])
+                    assert yc.tobytes() == want_y.transpose(0, 3, 1, 2).tobytes(), (
+                        "NCHW", shape, kk, padding, mode)
+
+
 def test_resize_larger_against_separable_reference():
     rs = np.random.RandomState(3)
     x = rs.rand(2, 31, 23, 3).astype(np.float32)

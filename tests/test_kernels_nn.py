@@ -162,6 +162,28 @@ def _run(op, inputs, **attrs):
 
 
 # --- numpy references on larger shapes ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_add_grad_larger_reference(dtype):
+    """The BLAS path (channels last): sums over every row, against float64 sums; inf and NaN
+    propagate; 0 rows give zeros; NCHW and a 2-D gradient agree."""
+    rs = np.random.RandomState(3)
+    for shape in [(32, 28, 28, 16), (7, 5, 3), (256, 1024), (1, 1), (0, 4), (3, 0)]:
+        g = (rs.randn(*shape) * 3).astype(dtype)
+        (r,) = _run("BiasAddGrad", [g], T=dtype)
+        want = g.astype(np.float64).sum(axis=tuple(range(g.ndim - 1)))
+        assert r.dtype == np.dtype(dtype) and r.shape == (shape[-1],)
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(r, want, rtol=rtol, atol=rtol * np.sqrt(g.size) * 3)
+        if g.ndim == 4:
+            (rc,) = _run("BiasAddGrad", [g.transpose(0, 3, 1, 2).copy()], T=dtype,
+                         data_format=b"NCHW")
+            np.testing.assert_allclose(rc, want, rtol=rtol, atol=rtol * np.sqrt(g.size) * 3)
+    g = np.ones((4, 3), dtype)
+    g[1, 0], g[2, 1] = np.inf, np.nan
+    (r,) = _run("BiasAddGrad", [g], T=dtype)
+    assert r[0] == np.inf and np.isnan(r[1]) and r[2] == 4
+
+
 def test_batch_norm_training_reference():
     rs = np.random.RandomState(0)
     x = (rs.randn(8, 7, 6, 16) * 2 + 3).astype(np.float32)
