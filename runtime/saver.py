@@ -1449,6 +1449,12 @@ class Saver:
         from mgrt.runtime.checkpoint import BundleWriter
 
         writer = BundleWriter(checkpoint_file, num_shards=plan.num_shards)
+        # Counted as a run in flight: a training run on another thread then writes new buffers
+        # rather than updating in place (kernels_cpu/state_ops.py), so no buffer this save is
+        # reading changes under it.
+        guard = getattr(sess._state, "update_guard", None)
+        if guard is not None:
+            guard.enter()
         try:
             for it in plan.items:
                 value = _fetch(sess, it)
@@ -1463,6 +1469,9 @@ class Saver:
         except BaseException:
             writer.abort()
             raise
+        finally:
+            if guard is not None:
+                guard.exit()
         return checkpoint_file
 
     # -- restore ---------------------------------------------------------------------------------
