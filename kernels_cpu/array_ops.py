@@ -1215,53 +1215,57 @@ def _gather_nd(node, ctx):
     return run
 
 
+def _check_scatter_nd(indices, updates, shape):
+    """TensorFlow's ScatterNd argument checks (on shapes only; the GPU kernel uses them too):
+    the output shape and the index depth."""
+    shape = np.asarray(shape)
+    if shape.ndim != 1:
+        raise _err("Shape must be a vector")
+    out_shape = _ints(shape)
+    for d in out_shape:
+        if d < 0:
+            raise _err(f"Dimension {d} must be >= 0")
+    if indices.ndim < 1:
+        raise _err(f"Indices shape must have rank at least one. Found:{_shp(indices.shape)}")
+    if updates.ndim < 1:
+        raise _err(f"Updates shape must have rank at least one. Found:{_shp(updates.shape)}")
+    n_out = int(np.prod(out_shape, dtype=np.int64))
+    if n_out == 0 and (indices.size or updates.size):
+        raise _err(f"Indices and updates specified for empty output.  indices shape: "
+                   f"{_shp(indices.shape)}")
+    depth = indices.shape[-1]
+    batch_dim = indices.ndim - 1
+    prefix = (f"Dimensions [0,{batch_dim}) of indices[shape={_shp(indices.shape)}] must "
+              f"match dimensions [0,{batch_dim}) of updates[shape={_shp(updates.shape)}]")
+    suffix = (f"Dimensions [{depth},{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
+              f"match dimensions [{batch_dim},{updates.ndim}) of updates[shape="
+              f"{_shp(updates.shape)}]")
+    if updates.ndim < batch_dim:
+        raise _err(prefix)
+    if len(out_shape) < depth + updates.ndim - batch_dim or \
+            updates.ndim != batch_dim + len(out_shape) - depth:
+        raise _err(suffix)
+    if indices.shape[:batch_dim] != updates.shape[:batch_dim]:
+        raise _err(prefix)
+    if list(updates.shape[batch_dim:]) != out_shape[depth:]:
+        raise _err(suffix)
+    if indices.ndim == 1 and indices.shape[0]:
+        if indices.shape[0] != updates.shape[0]:
+            raise _err(f"Dimensions [0,1) of indices[shape={_shp(indices.shape)}] = "
+                       f"{indices.shape[0]} must match dimensions [0,1) of updates[shape="
+                       f"{_shp(updates.shape)}] = {updates.shape[0]}")
+        raise _err(f"Dimensions [1,{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
+                   f"match dimensions [1,{updates.ndim}) of updates[shape="
+                   f"{_shp(updates.shape)}]")
+    return out_shape, depth
+
+
 @_reg("ScatterNd", host=("shape",))
 def _scatter_nd(node, ctx):
     ignore = _bad_policy(node)
 
     def run(indices, updates, shape):
-        shape = np.asarray(shape)
-        if shape.ndim != 1:
-            raise _err("Shape must be a vector")
-        out_shape = _ints(shape)
-        for d in out_shape:
-            if d < 0:
-                raise _err(f"Dimension {d} must be >= 0")
-        if indices.ndim < 1:
-            raise _err(f"Indices shape must have rank at least one. Found:{_shp(indices.shape)}")
-        if updates.ndim < 1:
-            raise _err(f"Updates shape must have rank at least one. Found:{_shp(updates.shape)}")
-        n_out = int(np.prod(out_shape, dtype=np.int64))
-        if n_out == 0 and (indices.size or updates.size):
-            raise _err(f"Indices and updates specified for empty output.  indices shape: "
-                       f"{_shp(indices.shape)}")
-        # TensorFlow's ValidateUpdateShape
-        depth = indices.shape[-1]
-        batch_dim = indices.ndim - 1
-        prefix = (f"Dimensions [0,{batch_dim}) of indices[shape={_shp(indices.shape)}] must "
-                  f"match dimensions [0,{batch_dim}) of updates[shape={_shp(updates.shape)}]")
-        suffix = (f"Dimensions [{depth},{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
-                  f"match dimensions [{batch_dim},{updates.ndim}) of updates[shape="
-                  f"{_shp(updates.shape)}]")
-        if updates.ndim < batch_dim:
-            raise _err(prefix)
-        if len(out_shape) < depth + updates.ndim - batch_dim or \
-                updates.ndim != batch_dim + len(out_shape) - depth:
-            raise _err(suffix)
-        if indices.shape[:batch_dim] != updates.shape[:batch_dim]:
-            raise _err(prefix)
-        if list(updates.shape[batch_dim:]) != out_shape[depth:]:
-            raise _err(suffix)
-        if indices.ndim == 1 and indices.shape[0]:
-            # TensorFlow validates again as if 1-D indices were a batch of depth-1 indices, which
-            # fails for any non-empty 1-D indices.
-            if indices.shape[0] != updates.shape[0]:
-                raise _err(f"Dimensions [0,1) of indices[shape={_shp(indices.shape)}] = "
-                           f"{indices.shape[0]} must match dimensions [0,1) of updates[shape="
-                           f"{_shp(updates.shape)}] = {updates.shape[0]}")
-            raise _err(f"Dimensions [1,{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
-                       f"match dimensions [1,{updates.ndim}) of updates[shape="
-                       f"{_shp(updates.shape)}]")
+        out_shape, depth = _check_scatter_nd(indices, updates, shape)
         n = int(np.prod(indices.shape[:-1], dtype=np.int64))
         idx = indices.reshape(n, depth).astype(np.int64, copy=False)
         dims = np.asarray(out_shape[:depth], dtype=np.int64)
@@ -1753,3 +1757,4 @@ def _string_format(node, ctx):
         return (out,)
 
     return run
+

@@ -649,6 +649,50 @@ def _sizes_vec(v, label, what):
     return [int(s) for s in v.reshape(-1)]
 
 
+def _bp_input_shape(label, ca, input_sizes, f, dy):
+    """Conv2DBackpropInput's checks of its arguments; the input's NHWC shape."""
+    sizes = _sizes_vec(input_sizes, label, "input_sizes")
+    if f.ndim != 4:
+        raise _err(f"{label}: filter must be 4-dimensional")
+    if dy.ndim != 4:
+        raise _err(f"{label}: out_backprop must be 4-dimensional")
+    if len(sizes) == 4:
+        in_shape = ca.shape_nhwc(sizes)
+    elif len(sizes) == 2:
+        in_shape = (ca.shape_nhwc(dy.shape)[0], sizes[0], sizes[1], f.shape[2])
+    else:
+        raise _err("Conv2DBackpropInput requires input_sizes to contain 4 values or 2 values, "
+                   f"but got: {len(sizes)}")
+    if min(in_shape) < 0:
+        raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
+    return in_shape
+
+
+def _depthwise_input_shape(label, ca, input_sizes, f):
+    """DepthwiseConv2dNativeBackpropInput's checks of its arguments; the input's NHWC shape."""
+    sizes = _sizes_vec(input_sizes, label, "input_sizes")
+    if len(sizes) != 4:
+        raise _err(f"{label}: input_sizes must contain 4 values, but got: {len(sizes)}")
+    if f.ndim != 4:
+        raise _err(f"{label}: filter must be 4-dimensional")
+    if min(sizes) < 0:
+        raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
+    return ca.shape_nhwc(sizes)
+
+
+def _bp_filter_sizes(label, x, filter_sizes, depthwise=False):
+    """The filter-gradient ops' checks of their arguments; the filter's shape."""
+    fs = _sizes_vec(filter_sizes, label, "filter_sizes")
+    if x.ndim != 4:
+        raise _err(f"{label}: input must be 4-dimensional")
+    if len(fs) != 4:
+        raise _err(f"{label}: filter_sizes must contain 4 values, but got: {len(fs)}"
+                   if depthwise else f"{label}: filter must be 4-dimensional")
+    if min(fs) < 0:
+        raise _err(f"{label}: filter_sizes must be nonnegative, got {_shp(fs)}")
+    return fs
+
+
 @register("Conv2DBackpropInput", "CPU", host_memory=("input_sizes",),
           type_constraints={"T": _CONV_T})
 def _conv2d_backprop_input(node, ctx):
@@ -658,20 +702,7 @@ def _conv2d_backprop_input(node, ctx):
     label = "Conv2DBackpropInput"
 
     def run(input_sizes, f, dy):
-        sizes = _sizes_vec(input_sizes, label, "input_sizes")
-        if f.ndim != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if dy.ndim != 4:
-            raise _err(f"{label}: out_backprop must be 4-dimensional")
-        if len(sizes) == 4:
-            in_shape = ca.shape_nhwc(sizes)
-        elif len(sizes) == 2:
-            in_shape = (ca.shape_nhwc(dy.shape)[0], sizes[0], sizes[1], f.shape[2])
-        else:
-            raise _err("Conv2DBackpropInput requires input_sizes to contain 4 values or 2 values, "
-                       f"but got: {len(sizes)}")
-        if min(in_shape) < 0:
-            raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
+        in_shape = _bp_input_shape(label, ca, input_sizes, f, dy)
         oh, ow, pt, pb, pl, pr = _bp_dims(label, ca, in_shape, f.shape, dy)
         n, h, w, c = in_shape
         kh, kw, fc, co = f.shape
@@ -706,13 +737,7 @@ def _conv2d_backprop_filter(node, ctx):
     label = "Conv2DBackpropFilter"
 
     def run(x, filter_sizes, dy):
-        fs = _sizes_vec(filter_sizes, label, "filter_sizes")
-        if x.ndim != 4:
-            raise _err(f"{label}: input must be 4-dimensional")
-        if len(fs) != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if min(fs) < 0:
-            raise _err(f"{label}: filter_sizes must be nonnegative, got {_shp(fs)}")
+        fs = _bp_filter_sizes(label, x, filter_sizes)
         xh = ca.to_nhwc(x)
         oh, ow, pt, pb, pl, pr = _bp_dims(label, ca, xh.shape, fs, dy)
         n, h, w, c = xh.shape
@@ -1013,14 +1038,7 @@ def _depthwise_backprop_input(node, ctx):
     label = "DepthwiseConv2DBackpropInput"
 
     def run(input_sizes, f, dy):
-        sizes = _sizes_vec(input_sizes, label, "input_sizes")
-        if len(sizes) != 4:
-            raise _err(f"{label}: input_sizes must contain 4 values, but got: {len(sizes)}")
-        if f.ndim != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if min(sizes) < 0:
-            raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
-        in_shape = ca.shape_nhwc(sizes)
+        in_shape = _depthwise_input_shape(label, ca, input_sizes, f)
         geo = _bp_dims(label, ca, in_shape, f.shape, dy, depthwise=True)
         dx = _depthwise_input_grad(_as(ca.to_nhwc(dy), cd), np.ascontiguousarray(f, dtype=cd),
                                    ca, in_shape, geo, cd)
@@ -1038,13 +1056,7 @@ def _depthwise_backprop_filter(node, ctx):
     label = "DepthwiseConv2DBackpropFilter"
 
     def run(x, filter_sizes, dy):
-        fs = _sizes_vec(filter_sizes, label, "filter_sizes")
-        if x.ndim != 4:
-            raise _err(f"{label}: input must be 4-dimensional")
-        if len(fs) != 4:
-            raise _err(f"{label}: filter_sizes must contain 4 values, but got: {len(fs)}")
-        if min(fs) < 0:
-            raise _err(f"{label}: filter_sizes must be nonnegative, got {_shp(fs)}")
+        fs = _bp_filter_sizes(label, x, filter_sizes, depthwise=True)
         xh = ca.to_nhwc(x)
         geo = _bp_dims(label, ca, xh.shape, fs, dy, depthwise=True)
         df = _depthwise_filter_grad(_as(xh, cd), _as(ca.to_nhwc(dy), cd), ca, fs, geo, cd)

@@ -984,6 +984,17 @@ def _argmax(node, ctx):
 
 
 # --- Cumsum / Cumprod -------------------------------------------------------------------------
+def _scan_axis(axis, n):
+    """ScanOp's check of the (host-memory) axis of Cumsum/Cumprod; the axis in [0, n)."""
+    if axis.ndim != 0:
+        raise _err(f"ScanOp: axis must be a scalar, not {_shape_str(axis.shape)}")
+    a = int(axis)
+    ax = a + n if a < 0 else a
+    if not 0 <= ax < n:
+        raise _err(f"ScanOp: Expected scan axis in the range [{-n}, {n}), but got {ax}")
+    return ax
+
+
 @register(["Cumsum", "Cumprod"], "CPU", host_memory=("axis",), type_constraints={"T": _NUM_T})
 def _cumsum(node, ctx):
     dt = _out(node)
@@ -994,13 +1005,7 @@ def _cumsum(node, ctx):
     reverse = bool(node.attr("reverse", False))
 
     def run(x, axis):
-        if axis.ndim != 0:
-            raise _err(f"ScanOp: axis must be a scalar, not {_shape_str(axis.shape)}")
-        a = int(axis)
-        n = x.ndim
-        ax = a + n if a < 0 else a
-        if not 0 <= ax < n:
-            raise _err(f"ScanOp: Expected scan axis in the range [{-n}, {n}), but got {ax}")
+        ax = _scan_axis(axis, x.ndim)
         if reverse:
             x = np.flip(x, ax)
         if exclusive:

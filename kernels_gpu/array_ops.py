@@ -878,50 +878,6 @@ def _gather_nd(node, ctx):
     return run
 
 
-def _check_scatter_nd(indices, updates, shape):
-    """TensorFlow's ScatterNd argument checks (the CPU kernel's, on shapes only)."""
-    shape = np.asarray(shape)
-    if shape.ndim != 1:
-        raise _err("Shape must be a vector")
-    out_shape = _cpu._ints(shape)
-    for d in out_shape:
-        if d < 0:
-            raise _err(f"Dimension {d} must be >= 0")
-    if indices.ndim < 1:
-        raise _err(f"Indices shape must have rank at least one. Found:{_shp(indices.shape)}")
-    if updates.ndim < 1:
-        raise _err(f"Updates shape must have rank at least one. Found:{_shp(updates.shape)}")
-    n_out = int(np.prod(out_shape, dtype=np.int64))
-    if n_out == 0 and (indices.size or updates.size):
-        raise _err(f"Indices and updates specified for empty output.  indices shape: "
-                   f"{_shp(indices.shape)}")
-    depth = indices.shape[-1]
-    batch_dim = indices.ndim - 1
-    prefix = (f"Dimensions [0,{batch_dim}) of indices[shape={_shp(indices.shape)}] must "
-              f"match dimensions [0,{batch_dim}) of updates[shape={_shp(updates.shape)}]")
-    suffix = (f"Dimensions [{depth},{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
-              f"match dimensions [{batch_dim},{updates.ndim}) of updates[shape="
-              f"{_shp(updates.shape)}]")
-    if updates.ndim < batch_dim:
-        raise _err(prefix)
-    if len(out_shape) < depth + updates.ndim - batch_dim or \
-            updates.ndim != batch_dim + len(out_shape) - depth:
-        raise _err(suffix)
-    if indices.shape[:batch_dim] != updates.shape[:batch_dim]:
-        raise _err(prefix)
-    if list(updates.shape[batch_dim:]) != out_shape[depth:]:
-        raise _err(suffix)
-    if indices.ndim == 1 and indices.shape[0]:
-        if indices.shape[0] != updates.shape[0]:
-            raise _err(f"Dimensions [0,1) of indices[shape={_shp(indices.shape)}] = "
-                       f"{indices.shape[0]} must match dimensions [0,1) of updates[shape="
-                       f"{_shp(updates.shape)}] = {updates.shape[0]}")
-        raise _err(f"Dimensions [1,{len(out_shape)}) of input[shape={_shp(out_shape)}] must "
-                   f"match dimensions [1,{updates.ndim}) of updates[shape="
-                   f"{_shp(updates.shape)}]")
-    return out_shape, depth
-
-
 def _scatter_add_rows(xp, out, flat, upd, logical):
     """``out[flat[i]] += upd[i]`` for every i, duplicates added in the order of i (as numpy's
     ``add.at`` and TensorFlow's CPU kernel do): one pass per duplicate rank, each a plain
@@ -955,7 +911,7 @@ def _scatter_nd(node, ctx):
     ignore = _cpu._bad_policy(node)
 
     def run(indices, updates, shape):
-        out_shape, depth = _check_scatter_nd(indices, updates, shape)
+        out_shape, depth = _cpu._check_scatter_nd(indices, updates, shape)
         n = int(np.prod(indices.shape[:-1], dtype=np.int64))
         idx = indices.reshape(n, depth)
         dims = out_shape[:depth]

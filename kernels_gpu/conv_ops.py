@@ -38,7 +38,8 @@ import numpy as np
 from mgrt.kernels_cpu.conv_ops import (_ConvAttrs, _Pool, _avg_counts, _bilinear_weights,
                                        _bp_dims, _check_pooled, _conv_checks_fwd, _groups,
                                        _lowest, _nearest_index, _padded_extent,
-                                       _resize_validate, _sizes_vec, _weight_matrix)
+                                       _resize_validate, _weight_matrix, _bp_input_shape,
+                                       _bp_filter_sizes, _depthwise_input_shape)
 from mgrt.kernels_gpu import GPU_FLOAT, GPU_INT, register_gpu, xp_of
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InvalidArgumentError, UnimplementedError
@@ -308,20 +309,7 @@ def _conv2d_backprop_input(node, ctx):
     label = "Conv2DBackpropInput"
 
     def run(input_sizes, f, dy):
-        sizes = _sizes_vec(input_sizes, label, "input_sizes")
-        if f.ndim != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if dy.ndim != 4:
-            raise _err(f"{label}: out_backprop must be 4-dimensional")
-        if len(sizes) == 4:
-            in_shape = ca.shape_nhwc(sizes)
-        elif len(sizes) == 2:
-            in_shape = (ca.shape_nhwc(dy.shape)[0], sizes[0], sizes[1], f.shape[2])
-        else:
-            raise _err("Conv2DBackpropInput requires input_sizes to contain 4 values or 2 values, "
-                       f"but got: {len(sizes)}")
-        if min(in_shape) < 0:
-            raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
+        in_shape = _bp_input_shape(label, ca, input_sizes, f, dy)
         geometry = _bp_dims(label, ca, in_shape, f.shape, dy)
         kh, kw, fc, co = f.shape
         g = in_shape[3] // fc
@@ -343,13 +331,7 @@ def _conv2d_backprop_filter(node, ctx):
     label = "Conv2DBackpropFilter"
 
     def run(x, filter_sizes, dy):
-        fs = _sizes_vec(filter_sizes, label, "filter_sizes")
-        if x.ndim != 4:
-            raise _err(f"{label}: input must be 4-dimensional")
-        if len(fs) != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if min(fs) < 0:
-            raise _err(f"{label}: filter_sizes must be nonnegative, got {_shp(fs)}")
+        fs = _bp_filter_sizes(label, x, filter_sizes)
         xh = _to_nhwc(x, nchw)
         geometry = _bp_dims(label, ca, xh.shape, fs, dy)
         kh, kw, fc, co = fs
@@ -406,14 +388,7 @@ def _depthwise_backprop_input(node, ctx):
     label = "DepthwiseConv2DBackpropInput"
 
     def run(input_sizes, f, dy):
-        sizes = _sizes_vec(input_sizes, label, "input_sizes")
-        if len(sizes) != 4:
-            raise _err(f"{label}: input_sizes must contain 4 values, but got: {len(sizes)}")
-        if f.ndim != 4:
-            raise _err(f"{label}: filter must be 4-dimensional")
-        if min(sizes) < 0:
-            raise _err(f"{label}: input_sizes must be nonnegative, got {_shp(sizes)}")
-        in_shape = ca.shape_nhwc(sizes)
+        in_shape = _depthwise_input_shape(label, ca, input_sizes, f)
         oh, ow, pt, pb, pl, pr = _bp_dims(label, ca, in_shape, f.shape, dy, depthwise=True)
         n, h, w, c = in_shape
         kh, kw, _, mult = f.shape
@@ -450,13 +425,7 @@ def _depthwise_backprop_filter(node, ctx):
     label = "DepthwiseConv2DBackpropFilter"
 
     def run(x, filter_sizes, dy):
-        fs = _sizes_vec(filter_sizes, label, "filter_sizes")
-        if x.ndim != 4:
-            raise _err(f"{label}: input must be 4-dimensional")
-        if len(fs) != 4:
-            raise _err(f"{label}: filter_sizes must contain 4 values, but got: {len(fs)}")
-        if min(fs) < 0:
-            raise _err(f"{label}: filter_sizes must be nonnegative, got {_shp(fs)}")
+        fs = _bp_filter_sizes(label, x, filter_sizes, depthwise=True)
         xh = _to_nhwc(x, nchw)
         oh, ow, pt, pb, pl, pr = _bp_dims(label, ca, xh.shape, fs, dy, depthwise=True)
         n, h, w, c = xh.shape

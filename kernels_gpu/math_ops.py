@@ -42,7 +42,7 @@ from mgrt.kernels_gpu import (GPU_FLOAT, GPU_INT, GPU_NUM, GPU_NUM_BOOL, cpu_bui
                               launch, numba_cuda, register_gpu, use_numba, xp_of)
 # the CPU kernels' special-function coefficients (float64 Chebyshev interpolants of erf/erfc,
 # the float32 rational erf); evaluated here with xp
-from mgrt.kernels_cpu.math_ops import (_ERF32_P, _ERF32_Q, _ERF_A, _ERFC_B, _ERFC_C, _U_HI,
+from mgrt.kernels_cpu.math_ops import (_scan_axis, _ERF32_P, _ERF32_Q, _ERF_A, _ERFC_B, _ERFC_C, _U_HI,
                                        _U_LO)
 
 __all__ = ["GPU_MATH_OPS"]
@@ -1054,13 +1054,7 @@ def _cumsum(node, ctx):
     reverse = bool(node.attr("reverse", False))
 
     def run(x, axis):
-        if axis.ndim != 0:
-            raise _err(f"ScanOp: axis must be a scalar, not {_shape_str(axis.shape)}")
-        a = int(axis)
-        n = x.ndim
-        ax = a + n if a < 0 else a
-        if not 0 <= ax < n:
-            raise _err(f"ScanOp: Expected scan axis in the range [{-n}, {n}), but got {ax}")
+        ax = _scan_axis(axis, x.ndim)
         if reverse:
             x = xp.flip(x, ax)
         if exclusive:

@@ -138,20 +138,16 @@ class Plan:
         fed = {id(t): t for t in feed_tensors}
         # --- prune: what the fetches and targets need ------------------------------------------
         roots = [t.op for t in fetch_tensors if id(t) not in fed] + list(target_ops)
-        needed = _needed(roots, fed, prune_control_only=False)
+        # A side-effect-free op that only a control edge asks for (the unused input gradient of
+        # a MatMul, grouped into a train op by tf.gradients' tuple) changes nothing when it
+        # runs: it is left out, as TensorFlow's graph optimizer does. What is left out never
+        # holds a control-flow op, so the slim set has control flow exactly when the full one
+        # does; then control edges carry deadness and frames, and nothing is left out.
+        needed = _needed(roots, fed, prune_control_only=True)
+        self.has_control_flow = any(op.type in _CONTROL_FLOW_OPS for op in needed.values())
+        if self.has_control_flow:
+            needed = _needed(roots, fed, prune_control_only=False)
         ops = sorted(needed.values(), key=lambda o: o._id)  # graph order
-        self.has_control_flow = any(op.type in _CONTROL_FLOW_OPS for op in ops)
-        self.n_pruned = 0
-        if not self.has_control_flow:
-            # A side-effect-free op that only a control edge asks for (the unused input
-            # gradient of a MatMul, grouped into a train op by tf.gradients' tuple) changes
-            # nothing when it runs: leave it out, as TensorFlow's graph optimizer does.
-            # (With control flow, control edges carry deadness and frames: nothing is left out.)
-            slim = _needed(roots, fed, prune_control_only=True)
-            if len(slim) < len(needed):
-                self.n_pruned = len(needed) - len(slim)
-                needed = slim
-                ops = sorted(needed.values(), key=lambda o: o._id)
 
         # --- order: a topological order preferring graph order ---------------------------------
         pos = {id(op): i for i, op in enumerate(ops)}
