@@ -437,6 +437,7 @@ class Graph:
         self._control_dependencies_stack = []
         self._colocation_stack = []
         self._building_function = False
+        self._cf_context = None  # the cond/while context ops are being built in (issue 6)
 
     # --- default graph ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -518,20 +519,168 @@ class Graph:
         od = self._registry.get(op_type)
         if od is None:
             raise ValueError(f"Op type not registered: {op_type!r}.")
-        nd = node_def_pb2.NodeDef(name=self.unique_name(name or op_type), op=op_type)
-        if device:
-            nd.device = device
+        if name and name.endswith("/"):
+            # a name scope's name (``with g.name_scope(None, "MatMul") as scope``): already
+            # unique, used as it is, as TensorFlow does
+            op_name = name[:-1]
+            self._names_in_use.setdefault(op_name.lower(), 1)
+        else:
+            op_name = self.unique_name(name or op_type)
+        nd = node_def_pb2.NodeDef(name=op_name, op=op_type)
         for k, v in (attrs or {}).items():
             nd.attr[k].CopyFrom(v)
         op_defs.add_default_attrs(nd, od)
+        inputs = list(inputs)
+        control_inputs = list(control_inputs)
+        if self._control_dependencies_stack:
+            for c in self._control_dependencies_for_inputs({id(t.op) for t in inputs}):
+                if c not in control_inputs:
+                    control_inputs.append(c)
         nd.input.extend([t._as_node_def_input() for t in inputs] +
                         ["^" + c.name for c in control_inputs])
         op_defs.validate_node(nd, od)
         out_types = op_defs.output_types(od, nd.attr)
         op = Operation(nd, self, inputs, control_inputs, out_types, od)
+        if device:
+            nd.device = device
+        elif self._device_function_stack:
+            self._apply_device_functions(op)
+        if self._colocation_stack:
+            self._apply_colocation(op)
+        for controller in self._control_dependencies_stack:
+            controller.new_ops.add(id(op))
+        ctxt = self._cf_context
+        if ctxt is not None:
+            op._control_flow_context = ctxt
         shapes_from_attrs(op)
+        from mgrt.runtime import shape_inference
+
+        shape_inference.infer(op)
         self._add_op(op)
+        if ctxt is not None:
+            ctxt.AddOp(op)
         return op
+
+    def _get_control_flow_context(self):
+        return self._cf_context
+
+    def _set_control_flow_context(self, ctx):
+        self._cf_context = ctx
+
+    # --- building contexts (TensorFlow's device, control_dependencies, colocate_with) ---------
+    @contextlib.contextmanager
+    def device(self, device_name_or_function):
+        """Ops created inside get this device: a spec string (merged into outer specs, inner
+        fields winning), a DeviceSpec, a function ``op -> device string``, or None (clears the
+        outer devices)."""
+        self._device_function_stack.append(device_name_or_function)
+        try:
+            yield
+        finally:
+            self._device_function_stack.pop()
+
+    def _apply_device_functions(self, op):
+        from mgrt.devices.device_spec import DeviceSpec
+
+        stack = self._device_function_stack
+        start = 0
+        for i, d in enumerate(stack):
+            if d is None:
+                start = i + 1
+        current = ""
+        for d in stack[start:]:
+            if callable(d) and not isinstance(d, (str, DeviceSpec)):
+                op._set_device(current)
+                current = d(op) or ""
+                if isinstance(current, DeviceSpec):
+                    current = current.to_string()
+            else:
+                spec = d.to_string() if isinstance(d, DeviceSpec) else (d or "")
+                if current:
+                    current = DeviceSpec.from_string(current).make_merged_spec(spec).to_string()
+                else:
+                    current = DeviceSpec.from_string(spec).to_string() if spec else ""
+        op._set_device(current)
+
+    class _ControlDependenciesController:
+        def __init__(self, control_inputs):
+            self.control_inputs = control_inputs
+            self.new_ops = set()
+
+    @contextlib.contextmanager
+    def control_dependencies(self, control_inputs):
+        """Ops created inside run after ``control_inputs`` (ops or tensors; None clears the
+        outer contexts). As in TensorFlow, an op whose input was itself created inside the
+        context gets no redundant control edge."""
+        if control_inputs is None:
+            saved = self._control_dependencies_stack
+            self._control_dependencies_stack = []
+            try:
+                yield
+            finally:
+                self._control_dependencies_stack = saved
+            return
+        ops = []
+        for c in control_inputs:
+            if hasattr(c, "_as_graph_element") and not isinstance(c, (Tensor, Operation)):
+                c = c._as_graph_element()
+            if isinstance(c, Tensor):
+                c = c.op
+            if not isinstance(c, Operation):
+                raise TypeError(f"Control input must be an Operation or a Tensor: {c!r}")
+            if c.graph is not self:
+                raise ValueError(f"Control input {c.name!r} is not an element of this graph.")
+            if c not in ops:
+                ops.append(c)
+        controller = Graph._ControlDependenciesController(ops)
+        self._control_dependencies_stack.append(controller)
+        try:
+            yield
+        finally:
+            self._control_dependencies_stack.pop()
+
+    def _control_dependencies_for_inputs(self, input_op_ids):
+        ret = []
+        for controller in self._control_dependencies_stack:
+            if any(i in controller.new_ops for i in input_op_ids):
+                continue
+            ret.extend(c for c in controller.control_inputs if id(c) not in input_op_ids)
+        return ret
+
+    @contextlib.contextmanager
+    def colocate_with(self, op, ignore_existing=False):
+        """Ops created inside are colocated with ``op`` (a ``_class: loc:@name`` attr and its
+        device); ``op=None`` with ``ignore_existing=True`` clears the outer colocation."""
+        if op is None and not ignore_existing:
+            raise ValueError("Trying to reset colocation (op is None) but "
+                             "ignore_existing is not True")
+        if op is not None:
+            if hasattr(op, "_as_graph_element") and not isinstance(op, (Tensor, Operation)):
+                op = op._as_graph_element()
+            if isinstance(op, Tensor):
+                op = op.op
+        saved = self._colocation_stack
+        if ignore_existing:
+            self._colocation_stack = []
+        if op is not None:
+            self._colocation_stack = self._colocation_stack + [op]
+        try:
+            yield
+        finally:
+            self._colocation_stack = saved
+
+    def _apply_colocation(self, op):
+        groups = []
+        for c in self._colocation_stack:
+            for g in c.colocation_groups():
+                if g not in groups:
+                    groups.append(g)
+        if groups:
+            op._set_attr("_class", attr_value_pb2.AttrValue(
+                list=attr_value_pb2.AttrValue.ListValue(s=sorted(groups))))
+            last = self._colocation_stack[-1]
+            if last.device:
+                op._set_device(last.device)
 
     def _get_operation_by_name(self, name):
         return self._nodes_by_name[name]

@@ -47,10 +47,150 @@ class SaveSliceInfo:
         return None
 
 
+_USE_RESOURCE_DEFAULT = [False]
+
+
+def enable_resource_variables():
+    _USE_RESOURCE_DEFAULT[0] = True
+
+
+def disable_resource_variables():
+    _USE_RESOURCE_DEFAULT[0] = False
+
+
+def resource_variables_enabled():
+    return _USE_RESOURCE_DEFAULT[0]
+
+
 class Variable:
-    """Common face of ref and resource variables (``tf.Variable`` in graph mode)."""
+    """Common face of ref and resource variables (``tf.Variable`` in graph mode).
+
+    ``Variable(initial_value, ...)`` builds a ref variable (VariableV2, ``name/Assign``,
+    ``name/read``) or, with ``use_resource=True``, a resource variable (VarHandleOp,
+    ``name/Assign``, ``name/Read/ReadVariableOp``), with TensorFlow's node names, so that a
+    checkpoint of either system restores into the other. ``Variable(variable_def=...)``
+    recreates one from its VariableDef.
+    """
 
     _is_resource = False
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Variable:
+            vdef = kwargs.get("variable_def")
+            if vdef is not None:
+                cls = ResourceVariable if vdef.is_resource else RefVariable
+            else:
+                use_resource = kwargs.get("use_resource")
+                if use_resource is None:
+                    use_resource = _USE_RESOURCE_DEFAULT[0]
+                cls = ResourceVariable if use_resource else RefVariable
+        return object.__new__(cls)  # Python then calls cls.__init__
+
+    def _build_common(self, initial_value, trainable, collections, validate_shape, name, dtype,
+                      shape, constraint, kind):
+        from mgrt.runtime import ops as ops_lib
+
+        if initial_value is None:
+            raise ValueError("initial_value must be specified.")
+        init_from_fn = callable(initial_value)
+        if trainable is None:
+            trainable = True
+        if collections is None:
+            collections = [graph_lib.GraphKeys.GLOBAL_VARIABLES]
+        if not isinstance(collections, (list, tuple, set)):
+            raise ValueError(f"collections argument to Variable constructor must be a list, "
+                             f"tuple, or set. Got {collections} of type {type(collections)}")
+        collections = list(collections)
+        if trainable and graph_lib.GraphKeys.TRAINABLE_VARIABLES not in collections:
+            collections.append(graph_lib.GraphKeys.TRAINABLE_VARIABLES)
+        if constraint is not None and not callable(constraint):
+            raise ValueError("The `constraint` argument must be a callable.")
+        self._constraint = constraint
+        self._trainable = trainable
+        self._synchronization = VariableSynchronization_AUTO
+        self._aggregation = VariableAggregation_NONE
+        self._save_slice_info = None
+        g = graph_lib.get_default_graph()
+        # TensorFlow's init_scope: variables are built outside control-flow and
+        # control-dependency contexts
+        saved_cf, saved_deps = g._cf_context, g._control_dependencies_stack
+        g._cf_context, g._control_dependencies_stack = None, []
+        try:
+            with ops_lib.name_scope(name, "Variable",
+                                    [] if init_from_fn else [initial_value]) as scope:
+                true_name = scope[:-1]
+                if init_from_fn or kind == "resource":
+                    with g.name_scope("Initializer"), g.device(None):
+                        if init_from_fn:
+                            initial_value = initial_value()
+                        initial_value = ops_lib.convert_to_tensor(
+                            initial_value, name="initial_value", dtype=dtype)
+                else:
+                    initial_value = ops_lib.convert_to_tensor(initial_value,
+                                                              name="initial_value", dtype=dtype)
+                if shape is not None:
+                    shape = tensor_shape.as_shape(shape)
+                elif validate_shape:
+                    shape = initial_value.get_shape()
+                    if not shape.is_fully_defined():
+                        raise ValueError(
+                            f"initial_value must have a shape specified: {initial_value}")
+                else:
+                    shape = tensor_shape.unknown_shape()
+                self._initial_value = initial_value
+                self._build_nodes(g, scope, true_name, initial_value, shape, validate_shape)
+        finally:
+            g._cf_context, g._control_dependencies_stack = saved_cf, saved_deps
+        for key in collections:
+            g.add_to_collection(key, self)
+
+    # --- building -----------------------------------------------------------------------------
+    def _dense_var_to_tensor(self, dtype=None, name=None, as_ref=False):
+        if as_ref:
+            t = self._ref() if not self._is_resource else self._handle
+        else:
+            t = self.value()
+        if dtype is not None and not dtypes.as_dtype(dtype).is_compatible_with(
+                t.dtype.base_dtype):
+            raise ValueError(f"Incompatible type conversion requested to type "
+                             f"'{dtypes.as_dtype(dtype).name}' for variable of type "
+                             f"'{self.dtype.base_dtype.name}'")
+        return t
+
+    def initialized_value(self):
+        from mgrt.runtime.api import control_flow_ops
+
+        return control_flow_ops.cond(self.is_variable_initialized(), self.read_value,
+                                     lambda: self.initial_value)
+
+    def load(self, value, session=None):
+        from mgrt.runtime import session as session_lib
+
+        if session is None:
+            session = session_lib.get_default_session()
+            if session is None:
+                raise ValueError("Either session argument should be provided or default "
+                                 "session should be established")
+        session.run(self.initializer, {self.initializer.inputs[1]: value})
+
+    @property
+    def constraint(self):
+        return getattr(self, "_constraint", None)
+
+    def get_shape_list(self):
+        return self.get_shape().as_list()
+
+    def __getitem__(self, slice_spec):
+        return self.value()[slice_spec]
+
+    def __iter__(self):
+        raise TypeError("'Variable' object is not iterable.")
+
+    def __bool__(self):
+        raise TypeError("Using a `tf.Variable` as a Python `bool` is not allowed.")
+
+    def set_shape(self, shape):
+        raise ValueError("Cannot set the shape of a variable after it is built.")
 
     @property
     def name(self):
@@ -162,10 +302,67 @@ def _element(graph, name, import_scope, operation=False):
 class RefVariable(Variable):
     """A TF1 reference variable (VariableV2)."""
 
-    def __init__(self, variable_def, import_scope=None, graph=None):
-        g = graph or graph_lib.get_default_graph()
-        self._init_common(variable_def, import_scope, g)
-        self._snapshot = _element(g, variable_def.snapshot_name, import_scope)
+    def __init__(self, initial_value=None, trainable=None, collections=None,
+                 validate_shape=True, caching_device=None, name=None, variable_def=None,
+                 dtype=None, expected_shape=None, import_scope=None, constraint=None,
+                 use_resource=None, synchronization=None, aggregation=None, shape=None,
+                 graph=None):
+        if isinstance(initial_value, variable_pb2.VariableDef):
+            variable_def, initial_value = initial_value, None
+        if variable_def is not None:
+            if initial_value is not None:
+                raise ValueError("variable_def and initial_value are mutually exclusive.")
+            g = graph or graph_lib.get_default_graph()
+            self._init_common(variable_def, import_scope, g)
+            self._snapshot = _element(g, variable_def.snapshot_name, import_scope)
+            return
+        self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
+                           shape, constraint, "ref")
+
+    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+        from mgrt.runtime import ops as ops_lib
+
+        dt = initial_value.dtype.base_dtype
+        self._variable_tensor = ops_lib.apply_op(
+            "VariableV2", [], {"shape": shape if validate_shape else
+                               tensor_shape.unknown_shape(), "dtype": dt},
+            name=scope).outputs[0]
+        self._variable_tensor._shape = shape
+        self._name = self._variable_tensor.name
+        with g.colocate_with(self._variable_tensor.op):
+            self._initializer_op = ops_lib.apply_op(
+                "Assign", [self._variable_tensor, initial_value],
+                {"validate_shape": validate_shape, "use_locking": True}, name="Assign")
+            self._snapshot = ops_lib.apply_op("Identity", [self._variable_tensor],
+                                              name="read").outputs[0]
+        self._snapshot._shape = shape
+
+    # --- updates (TensorFlow's state_ops on the ref) ---------------------------------------
+    def assign(self, value, use_locking=False, name=None, read_value=True):
+        from mgrt.runtime import ops as ops_lib
+
+        op = ops_lib.apply_op("Assign", [self._variable_tensor, value],
+                              {"use_locking": use_locking}, name=name or "Assign")
+        return op.outputs[0] if read_value else op
+
+    def assign_add(self, delta, use_locking=False, name=None, read_value=True):
+        from mgrt.runtime import ops as ops_lib
+
+        op = ops_lib.apply_op("AssignAdd", [self._variable_tensor, delta],
+                              {"use_locking": use_locking}, name=name or "AssignAdd")
+        return op.outputs[0] if read_value else op
+
+    def assign_sub(self, delta, use_locking=False, name=None, read_value=True):
+        from mgrt.runtime import ops as ops_lib
+
+        op = ops_lib.apply_op("AssignSub", [self._variable_tensor, delta],
+                              {"use_locking": use_locking}, name=name or "AssignSub")
+        return op.outputs[0] if read_value else op
+
+    def is_variable_initialized(self):
+        from mgrt.runtime import ops as ops_lib
+
+        return ops_lib.apply_op("IsVariableInitialized", [self._variable_tensor]).outputs[0]
 
     @property
     def dtype(self):
@@ -198,17 +395,91 @@ class ResourceVariable(Variable):
 
     _is_resource = True
 
-    def __init__(self, variable_def, import_scope=None, graph=None):
-        g = graph or graph_lib.get_default_graph()
-        self._init_common(variable_def, import_scope, g)
-        self._handle = self._variable_tensor
-        if variable_def.snapshot_name:
-            self._graph_element = _element(g, variable_def.snapshot_name, import_scope)
-        else:
-            self._graph_element = None
-        op = self._handle.op
-        self._dtype = dtypes.as_dtype(op.get_attr("dtype"))
-        self._shape = tensor_shape.TensorShape(op.get_attr("shape"))
+    def __init__(self, initial_value=None, trainable=None, collections=None,
+                 validate_shape=True, caching_device=None, name=None, variable_def=None,
+                 dtype=None, expected_shape=None, import_scope=None, constraint=None,
+                 use_resource=None, synchronization=None, aggregation=None, shape=None,
+                 graph=None):
+        if isinstance(initial_value, variable_pb2.VariableDef):
+            variable_def, initial_value = initial_value, None
+        if variable_def is not None:
+            if initial_value is not None:
+                raise ValueError("variable_def and initial_value are mutually exclusive.")
+            g = graph or graph_lib.get_default_graph()
+            self._init_common(variable_def, import_scope, g)
+            self._handle = self._variable_tensor
+            if variable_def.snapshot_name:
+                self._graph_element = _element(g, variable_def.snapshot_name, import_scope)
+            else:
+                self._graph_element = None
+            op = self._handle.op
+            self._dtype = dtypes.as_dtype(op.get_attr("dtype"))
+            self._shape = tensor_shape.TensorShape(op.get_attr("shape"))
+            return
+        self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
+                           shape, constraint, "resource")
+
+    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+        from mgrt.runtime import ops as ops_lib
+
+        dt = initial_value.dtype.base_dtype
+        self._dtype = dt
+        self._shape = shape
+        self._handle = ops_lib.apply_op(
+            "VarHandleOp", [], {"shape": shape, "dtype": dt, "shared_name": true_name,
+                                "container": ""},
+            name=scope).outputs[0]
+        self._variable_tensor = self._handle
+        self._name = self._handle.name
+        with g.name_scope("IsInitialized"):
+            self._is_initialized_op = ops_lib.apply_op("VarIsInitializedOp",
+                                                       [self._handle]).outputs[0]
+        with g.name_scope("Assign") as n, g.colocate_with(None, ignore_existing=True), \
+                g.device(self._handle.device):
+            self._initializer_op = ops_lib.apply_op("AssignVariableOp",
+                                                    [self._handle, initial_value], name=n)
+        with g.name_scope("Read"), g.device(self._handle.device):
+            self._graph_element = ops_lib.apply_op("ReadVariableOp", [self._handle],
+                                                   {"dtype": dt}).outputs[0]
+        self._graph_element._shape = shape
+
+    def _read(self, name=None):
+        from mgrt.runtime import ops as ops_lib
+
+        g = self._handle.graph
+        with g.device(self._handle.device):
+            t = ops_lib.apply_op("ReadVariableOp", [self._handle], {"dtype": self._dtype},
+                                 name=name or "ReadVariableOp").outputs[0]
+        t._shape = self._shape
+        return t
+
+    def _assign_op(self, op_type, value, name, read_value):
+        from mgrt.runtime import ops as ops_lib
+
+        g = self._handle.graph
+        value = ops_lib.convert_to_tensor(value, dtype=self._dtype)
+        op = ops_lib.apply_op(op_type, [self._handle, value], name=name)
+        if not read_value:
+            return op
+        with g.control_dependencies([op]):
+            return self._read()
+
+    def assign(self, value, use_locking=None, name=None, read_value=True):
+        return self._assign_op("AssignVariableOp", value, name or "AssignVariableOp",
+                               read_value)
+
+    def assign_add(self, delta, use_locking=None, name=None, read_value=True):
+        return self._assign_op("AssignAddVariableOp", delta, name or "AssignAddVariableOp",
+                               read_value)
+
+    def assign_sub(self, delta, use_locking=None, name=None, read_value=True):
+        return self._assign_op("AssignSubVariableOp", delta, name or "AssignSubVariableOp",
+                               read_value)
+
+    def is_variable_initialized(self):
+        from mgrt.runtime import ops as ops_lib
+
+        return ops_lib.apply_op("VarIsInitializedOp", [self._handle]).outputs[0]
 
     @property
     def handle(self):
@@ -222,10 +493,10 @@ class ResourceVariable(Variable):
         return self._shape
 
     def value(self):
-        return self._graph_element
+        return self._read()
 
     def read_value(self):
-        return self._graph_element
+        return self._read()
 
     def _as_graph_element(self):
         return self._graph_element

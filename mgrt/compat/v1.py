@@ -18,8 +18,7 @@ from mgrt.runtime import dtypes as _dtypes
 from mgrt.runtime.dtypes import DType, as_dtype  # noqa: F401
 from mgrt.runtime.graph import (Graph, GraphKeys, Operation, Tensor, add_to_collection,  # noqa: F401
                                 add_to_collections, get_all_collection_keys, get_collection,
-                                get_collection_ref, get_default_graph, name_scope,
-                                reset_default_graph)
+                                get_collection_ref, get_default_graph, reset_default_graph)
 from mgrt.runtime.importer import import_graph_def  # noqa: F401
 from mgrt.runtime.tensor_shape import Dimension, TensorShape  # noqa: F401
 from mgrt.runtime.tensor_util import MakeNdarray as make_ndarray  # noqa: F401
@@ -30,6 +29,40 @@ from mgrt.runtime.variables import (global_variables, global_variables_initializ
                                     initialize_all_variables, local_variables,
                                     local_variables_initializer, model_variables,
                                     trainable_variables, variables_initializer)
+
+from mgrt.runtime.ops import (constant, convert_to_tensor, convert_n_to_tensor,  # noqa: F401,E402
+                              is_tensor, name_scope, register_tensor_conversion_function)
+from mgrt.runtime.variables import (Variable, disable_resource_variables,  # noqa: F401,E402
+                                    enable_resource_variables, resource_variables_enabled)
+from mgrt.runtime import api as _api  # noqa: E402
+
+# The building functions: every public name (``__all__``) of the op-family modules.
+for _mod_name in ("math_ops", "array_ops", "state_ops", "random_ops", "init_ops",
+                  "variable_scope", "control_flow_ops", "nn_ops", "gradients"):
+    try:
+        _mod = __import__(f"mgrt.runtime.api.{_mod_name}", fromlist=["__all__"])
+    except ModuleNotFoundError as _e:
+        if _e.name != f"mgrt.runtime.api.{_mod_name}":
+            raise
+        continue
+    for _n in getattr(_mod, "__all__", ()):
+        globals()[_n] = getattr(_mod, _n)
+del _mod_name
+
+
+def device(device_name_or_function):
+    """``tf.device``: ops built inside get this device (a spec string, a DeviceSpec, a function
+    ``op -> string``, or None to clear)."""
+    return get_default_graph().device(device_name_or_function)
+
+
+def control_dependencies(control_inputs):
+    return get_default_graph().control_dependencies(control_inputs)
+
+
+def colocate_with(op, ignore_existing=False):
+    return get_default_graph().colocate_with(op, ignore_existing=ignore_existing)
+
 
 for _name in ("float16", "half", "bfloat16", "float32", "float64", "double", "int8", "int16",
               "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "complex64",
