@@ -361,6 +361,12 @@ class Operation:
         attr = self._node_def.attr
         return attr[name] if name in attr else None
 
+    def _get_control_flow_context(self):
+        return self._control_flow_context
+
+    def _set_control_flow_context(self, ctx):
+        self._control_flow_context = ctx
+
     def _set_attr(self, name, attr_value):
         self._node_def.attr[name].CopyFrom(attr_value)
 
@@ -438,6 +444,7 @@ class Graph:
         self._colocation_stack = []
         self._building_function = False
         self._cf_context = None  # the cond/while context ops are being built in (issue 6)
+        self._attr_scope_map = {}  # attrs every op built inside ``_attr_scope`` gets
 
     # --- default graph ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -529,6 +536,9 @@ class Graph:
         nd = node_def_pb2.NodeDef(name=op_name, op=op_type)
         for k, v in (attrs or {}).items():
             nd.attr[k].CopyFrom(v)
+        for k, v in self._attr_scope_map.items():
+            if v is not None:
+                nd.attr[k].CopyFrom(v)
         op_defs.add_default_attrs(nd, od)
         inputs = list(inputs)
         control_inputs = list(control_inputs)
@@ -567,6 +577,16 @@ class Graph:
     def _set_control_flow_context(self, ctx):
         self._cf_context = ctx
 
+    @contextlib.contextmanager
+    def _attr_scope(self, attr_map):
+        """TensorFlow's ``Graph._attr_scope``: ops built inside get these AttrValues."""
+        saved = self._attr_scope_map
+        self._attr_scope_map = {**saved, **attr_map}
+        try:
+            yield
+        finally:
+            self._attr_scope_map = saved
+
     # --- building contexts (TensorFlow's device, control_dependencies, colocate_with) ---------
     @contextlib.contextmanager
     def device(self, device_name_or_function):
@@ -580,26 +600,23 @@ class Graph:
             self._device_function_stack.pop()
 
     def _apply_device_functions(self, op):
+        """TensorFlow's order: the innermost entry first; a string spec is merged under the
+        device found so far (whose fields win); a function gets the op with that device and
+        returns the new one; ``None`` stops the outer entries."""
         from mgrt.devices.device_spec import DeviceSpec
 
-        stack = self._device_function_stack
-        start = 0
-        for i, d in enumerate(stack):
+        current = op.device
+        for d in reversed(self._device_function_stack):
             if d is None:
-                start = i + 1
-        current = ""
-        for d in stack[start:]:
+                break
             if callable(d) and not isinstance(d, (str, DeviceSpec)):
                 op._set_device(current)
                 current = d(op) or ""
                 if isinstance(current, DeviceSpec):
                     current = current.to_string()
             else:
-                spec = d.to_string() if isinstance(d, DeviceSpec) else (d or "")
-                if current:
-                    current = DeviceSpec.from_string(current).make_merged_spec(spec).to_string()
-                else:
-                    current = DeviceSpec.from_string(spec).to_string() if spec else ""
+                spec = d if isinstance(d, DeviceSpec) else DeviceSpec.from_string(d or "")
+                current = spec.make_merged_spec(current or "").to_string()
         op._set_device(current)
 
     class _ControlDependenciesController:
@@ -613,12 +630,16 @@ class Graph:
         outer contexts). As in TensorFlow, an op whose input was itself created inside the
         context gets no redundant control edge."""
         if control_inputs is None:
+            # as in TensorFlow, None also clears the control-flow context (cond/while)
             saved = self._control_dependencies_stack
+            saved_ctxt = self._cf_context
             self._control_dependencies_stack = []
+            self._cf_context = None
             try:
                 yield
             finally:
                 self._control_dependencies_stack = saved
+                self._cf_context = saved_ctxt
             return
         ops = []
         for c in control_inputs:

@@ -74,19 +74,29 @@ def convert_to_tensor(value, dtype=None, name=None, preferred_dtype=None, as_ref
 
 
 def _autopack(value, dtype, name):
-    """TensorFlow's auto-packing of a (nested) list that holds tensors."""
-    elems = []
+    """TensorFlow's auto-packing of a (nested) list that holds tensors: a Pack named ``packed``
+    (or ``name``), inner lists packed as ``packed/0``, Python elements as ``packed/<i>``."""
     if dtype is None:
         for v in _flat(value):
             if isinstance(v, Tensor) or hasattr(v, "_as_graph_element"):
                 dtype = convert_to_tensor(v).dtype.base_dtype
                 break
-    for v in value:
-        if isinstance(v, (list, tuple)):
-            elems.append(_autopack(v, dtype, None))
-        else:
-            elems.append(convert_to_tensor(v, dtype=dtype))
-    return apply_op("Pack", [elems], {"axis": 0}, name=name or "packed")
+    g = graph_lib.get_default_graph()
+    with g.name_scope(name or "packed") as scope:
+        elems = []
+        for i, v in enumerate(value):
+            if isinstance(v, (list, tuple)):
+                elems.append(_autopack(v, dtype, str(i)))
+            elif isinstance(v, Tensor) or hasattr(v, "_dense_var_to_tensor"):
+                t = convert_to_tensor(v)
+                if t.dtype.base_dtype != dtype:
+                    raise TypeError(f"Cannot convert a list containing a tensor of dtype "
+                                    f"{t.dtype.base_dtype.name} to {dtype.name} (Tensor is: "
+                                    f"{t!r})")
+                elems.append(t)
+            else:
+                elems.append(constant(v, dtype=dtype, name=str(i)))
+        return apply_op("Pack", [elems], {"axis": 0}, name=scope).outputs[0]
 
 
 def _flat(value):
@@ -257,7 +267,9 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
         if ad is not None and ad.type == "type" and not isinstance(v, attr_value_pb2.AttrValue):
             types[k] = dtypes.as_dtype(v)
     flat = []
-    with g.as_default():
+    # as TensorFlow's _apply_op_helper: the op's name is a name scope, inputs converted from
+    # Python values are named after their arg inside it (``Minimum/y``, ``concat/values_1``)
+    with g.as_default(), g.name_scope(name or op_type) as scope:
         for arg, value in zip(od.input_arg, inputs):
             if arg.number_attr or arg.type_list_attr:
                 if isinstance(value, (Tensor,)) or not isinstance(value, (list, tuple)):
@@ -278,7 +290,8 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                     dt_default = None
                 ts = []
                 for i, v in enumerate(value):
-                    t = _convert_input(v, dt, dt_default, arg, op_type, as_ref=arg.is_ref)
+                    t = _convert_input(v, dt, dt_default, arg, op_type, as_ref=arg.is_ref,
+                                       name=f"{arg.name}_{i}")
                     if dt is None:
                         dt = t.dtype.base_dtype
                     ts.append(t)
@@ -297,7 +310,8 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                 for i, v in enumerate(value):
                     want = dtypes.as_dtype(given[i]) if given and \
                         not isinstance(given, attr_value_pb2.AttrValue) else None
-                    ts.append(convert_to_tensor(v, dtype=want, as_ref=arg.is_ref))
+                    ts.append(convert_to_tensor(v, dtype=want, as_ref=arg.is_ref,
+                                                name=f"{arg.name}_{i}"))
                 attrs.setdefault(arg.type_list_attr, [t.dtype.base_dtype for t in ts])
                 flat.extend(ts)
             else:
@@ -309,7 +323,8 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                 if dt is None and arg.type_attr in attr_defs and \
                         attr_defs[arg.type_attr].HasField("default_value"):
                     dt_default = dtypes.as_dtype(attr_defs[arg.type_attr].default_value.type)
-                t = _convert_input(value, dt, dt_default, arg, op_type, as_ref=arg.is_ref)
+                t = _convert_input(value, dt, dt_default, arg, op_type, as_ref=arg.is_ref,
+                                   name=arg.name)
                 if arg.type_attr and arg.type_attr not in types:
                     _check_allowed(attr_defs.get(arg.type_attr), t.dtype.base_dtype, arg,
                                    op_type)
@@ -330,7 +345,7 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                                 f"{sorted(attr_defs)}")
             avs[k] = make_attr(v, ad.type, k, op_type)
         try:
-            op = g.create_op(op_type, flat, name=name, attrs=avs,
+            op = g.create_op(op_type, flat, name=scope, attrs=avs,
                              control_inputs=list(control_inputs))
         except ValueError as e:
             if "Shapes of node" in str(e):
@@ -355,9 +370,10 @@ def _check_allowed(attr_def, dt, arg, op_type):
                         f"in list of allowed values: {names}")
 
 
-def _convert_input(value, dt, dt_default, arg, op_type, as_ref=False):
+def _convert_input(value, dt, dt_default, arg, op_type, as_ref=False, name=None):
     try:
-        t = convert_to_tensor(value, dtype=dt, preferred_dtype=dt_default, as_ref=as_ref)
+        t = convert_to_tensor(value, dtype=dt, preferred_dtype=dt_default, as_ref=as_ref,
+                              name=name)
     except (TypeError, ValueError) as e:
         if isinstance(value, Tensor) and dt is not None:
             raise TypeError(f"Input '{arg.name}' of '{op_type}' Op has type "

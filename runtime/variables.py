@@ -6,7 +6,7 @@ Values live in a Session's variable store (issue 3); this module is the graph-si
 collections, the Saver and the building API share.
 """
 
-from mgrt.protos import variable_pb2
+from mgrt.protos import attr_value_pb2, variable_pb2
 from mgrt.runtime import dtypes, tensor_shape
 from mgrt.runtime import graph as graph_lib
 
@@ -119,30 +119,44 @@ class Variable:
             with ops_lib.name_scope(name, "Variable",
                                     [] if init_from_fn else [initial_value]) as scope:
                 true_name = scope[:-1]
+                class_attr = attr_value_pb2.AttrValue(list=attr_value_pb2.AttrValue.ListValue(
+                    s=[b"loc:@" + true_name.encode()]))
                 if init_from_fn or kind == "resource":
-                    with g.name_scope("Initializer"), g.device(None):
-                        if init_from_fn:
-                            initial_value = initial_value()
-                        initial_value = ops_lib.convert_to_tensor(
-                            initial_value, name="initial_value", dtype=dtype)
+                    # TensorFlow colocates the initializer's ops (and, for these, the variable
+                    # node itself) with the variable
+                    with g._attr_scope({"_class": class_attr}):
+                        with g.name_scope("Initializer"), g.device(None):
+                            if init_from_fn:
+                                initial_value = initial_value()
+                            initial_value = ops_lib.convert_to_tensor(
+                                initial_value, name="initial_value", dtype=dtype)
+                        shape = self._check_shape(initial_value, shape, validate_shape)
+                        self._initial_value = initial_value
+                        self._build_variable_node(g, scope, true_name, initial_value, shape,
+                                                  validate_shape)
                 else:
                     initial_value = ops_lib.convert_to_tensor(initial_value,
                                                               name="initial_value", dtype=dtype)
-                if shape is not None:
-                    shape = tensor_shape.as_shape(shape)
-                elif validate_shape:
-                    shape = initial_value.get_shape()
-                    if not shape.is_fully_defined():
-                        raise ValueError(
-                            f"initial_value must have a shape specified: {initial_value}")
-                else:
-                    shape = tensor_shape.unknown_shape()
-                self._initial_value = initial_value
+                    shape = self._check_shape(initial_value, shape, validate_shape)
+                    self._initial_value = initial_value
+                    self._build_variable_node(g, scope, true_name, initial_value, shape,
+                                              validate_shape)
                 self._build_nodes(g, scope, true_name, initial_value, shape, validate_shape)
         finally:
             g._cf_context, g._control_dependencies_stack = saved_cf, saved_deps
         for key in collections:
             g.add_to_collection(key, self)
+
+    @staticmethod
+    def _check_shape(initial_value, shape, validate_shape):
+        if shape is not None:
+            return tensor_shape.as_shape(shape)
+        if validate_shape:
+            shape = initial_value.get_shape()
+            if not shape.is_fully_defined():
+                raise ValueError(f"initial_value must have a shape specified: {initial_value}")
+            return shape
+        return tensor_shape.unknown_shape()
 
     # --- building -----------------------------------------------------------------------------
     def _dense_var_to_tensor(self, dtype=None, name=None, as_ref=False):
@@ -319,7 +333,7 @@ class RefVariable(Variable):
         self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
                            shape, constraint, "ref")
 
-    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+    def _build_variable_node(self, g, scope, true_name, initial_value, shape, validate_shape):
         from mgrt.runtime import ops as ops_lib
 
         dt = initial_value.dtype.base_dtype
@@ -329,6 +343,10 @@ class RefVariable(Variable):
             name=scope).outputs[0]
         self._variable_tensor._shape = shape
         self._name = self._variable_tensor.name
+
+    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+        from mgrt.runtime import ops as ops_lib
+
         with g.colocate_with(self._variable_tensor.op):
             self._initializer_op = ops_lib.apply_op(
                 "Assign", [self._variable_tensor, initial_value],
@@ -419,7 +437,7 @@ class ResourceVariable(Variable):
         self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
                            shape, constraint, "resource")
 
-    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+    def _build_variable_node(self, g, scope, true_name, initial_value, shape, validate_shape):
         from mgrt.runtime import ops as ops_lib
 
         dt = initial_value.dtype.base_dtype
@@ -431,6 +449,11 @@ class ResourceVariable(Variable):
             name=scope).outputs[0]
         self._variable_tensor = self._handle
         self._name = self._handle.name
+
+    def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
+        from mgrt.runtime import ops as ops_lib
+
+        dt = self._dtype
         with g.name_scope("IsInitialized"):
             self._is_initialized_op = ops_lib.apply_op("VarIsInitializedOp",
                                                        [self._handle]).outputs[0]
@@ -496,7 +519,11 @@ class ResourceVariable(Variable):
         return self._read()
 
     def read_value(self):
-        return self._read()
+        from mgrt.runtime import ops as ops_lib
+
+        with self._handle.graph.name_scope("Read"):
+            value = self._read()
+        return ops_lib.apply_op("Identity", [value]).outputs[0]
 
     def _as_graph_element(self):
         return self._graph_element

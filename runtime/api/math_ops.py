@@ -166,8 +166,10 @@ def greater_equal(x, y, name=None):
 # --- Tensor operators -------------------------------------------------------------------------
 def _binary_wrapper(func, op_name):
     def binary(x, y):
+        # as TensorFlow 2.x's binary_op_wrapper: ``y`` is converted by the op itself (so a
+        # Python ``y`` becomes ``<op>/y`` with ``x``'s dtype); the reflected form converts
+        # ``x`` here, with ``y``'s dtype
         with name_scope(None, op_name, [x, y]) as name:
-            y = convert_to_tensor(y, dtype=x.dtype.base_dtype, name="y")
             return func(x, y, name=name)
 
     def r_binary(y, x):
@@ -231,18 +233,30 @@ def _install_operators(cls):
     cls.__abs__ = lambda self: abs(self)
     cls.__invert__ = lambda self: (_out("LogicalNot", [self]) if self.dtype.base_dtype ==
                                    dtypes.bool else _out("Invert", [self]))
-    cls.__lt__ = lambda self, other: less(self, convert_to_tensor(
-        other, dtype=self.dtype.base_dtype))
-    cls.__le__ = lambda self, other: less_equal(self, convert_to_tensor(
-        other, dtype=self.dtype.base_dtype))
-    cls.__gt__ = lambda self, other: greater(self, convert_to_tensor(
-        other, dtype=self.dtype.base_dtype))
-    cls.__ge__ = lambda self, other: greater_equal(self, convert_to_tensor(
-        other, dtype=self.dtype.base_dtype))
+    # comparisons are the raw ops, as in TensorFlow: ``a < 2`` builds ``Less`` and ``Less/y``
+    cls.__lt__ = lambda self, other: less(self, other)
+    cls.__le__ = lambda self, other: less_equal(self, other)
+    cls.__gt__ = lambda self, other: greater(self, other)
+    cls.__ge__ = lambda self, other: greater_equal(self, other)
 
 
 _install_operators(Tensor)
-_install_operators(_variables.Variable)
+
+
+def _install_variable_operators(cls):
+    """A Variable's operators act on its value, read outside the operator's name scope (as
+    TensorFlow's ``_OverloadOperator``)."""
+    names = [f"__{k}__" for k in _OPERATORS] + [f"__r{k}__" for k in _OPERATORS] + [
+        "__div__", "__rdiv__", "__neg__", "__abs__", "__invert__", "__lt__", "__le__",
+        "__gt__", "__ge__"]
+    for n in names:
+        def method(self, *args, _n=n):
+            return getattr(Tensor, _n)(self.value(), *args)
+        method.__name__ = n
+        setattr(cls, n, method)
+
+
+_install_variable_operators(_variables.Variable)
 
 
 # --- shape functions of the ops above ---------------------------------------------------------

@@ -60,3 +60,16 @@ def _assign_shape(op):
 @si.register("AssignAdd", "AssignSub")
 def _assign_add_shape(op):
     return [op.inputs[0].shape]
+
+
+@si.register("VarIsInitializedOp", "IsVariableInitialized")
+def _is_initialized_shape(op):
+    return [[]]
+
+
+@si.register("ReadVariableOp")
+def _read_variable_shape(op):
+    h = op.inputs[0].op
+    if h.type == "VarHandleOp":
+        return [h.get_attr("shape")]
+    return None
