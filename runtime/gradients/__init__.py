@@ -74,3 +74,13 @@ def get_gradient_function(op):
 def registered_gradient_types():
     _load()
     return dict(_GRADIENT_REGISTRY)
+
+
+def __getattr__(name):
+    # ``gradients`` and its companions, loaded on first use (gradients_impl imports the
+    # building API, which imports this registry)
+    if name in ("gradients", "IndexedSlices", "AggregationMethod", "UnconnectedGradients"):
+        from mgrt.runtime.gradients import gradients_impl
+
+        return getattr(gradients_impl, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

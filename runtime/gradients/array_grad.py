@@ -1,0 +1,408 @@
+"""Gradient functions of the array ops (TensorFlow's ``array_grad``), with TensorFlow's op
+types: a gather's gradient is an ``IndexedSlices``, a strided slice's is ``StridedSliceGrad``,
+a mirror pad's ``MirrorPadGrad``..."""
+
+import numpy as np
+
+from mgrt.runtime import dtypes, tensor_shape
+from mgrt.runtime import graph as graph_lib
+from mgrt.runtime import shape_inference as si
+from mgrt.runtime.gradients import NotDifferentiable, RegisterGradient
+from mgrt.runtime.gradients import gradients_impl as gi
+from mgrt.runtime.gradients.gradients_impl import IndexedSlices
+from mgrt.runtime.graph import Tensor
+
+
+def _g():
+    return graph_lib.get_default_graph()
+
+
+def _dense(grad):
+    """TensorFlow's ``_IndexedSlicesToTensorNoWarning``."""
+    if isinstance(grad, IndexedSlices):
+        if grad.dense_shape is None:
+            raise ValueError(f"Tensor conversion requested for IndexedSlices without "
+                             f"dense_shape: {grad}")
+        return gi._op1("UnsortedSegmentSum", [grad.values, grad.indices,
+                                              gi.getitem(grad.dense_shape, 0)])
+    return grad
+
+
+for _t in ("Const", "ConcatOffset", "ZerosLike", "OnesLike", "StopGradient", "InvertPermutation",
+           "Shape", "ShapeN", "Rank", "Size", "BroadcastGradientArgs", "OneHot", "EditDistance",
+           "Placeholder", "Where", "Unique", "VariableShape", "ListDiff", "RandomUniform",
+           "RandomStandardNormal", "TruncatedNormal", "RandomUniformInt", "Multinomial"):
+    NotDifferentiable(_t)
+
+
+@RegisterGradient("Pack")
+def _pack_grad(op, grad):
+    return gi._op("Unpack", [grad], {"num": op.get_attr("N"), "axis": op.get_attr("axis")},
+                  name="unstack").outputs
+
+
+@RegisterGradient("Unpack")
+def _unpack_grad(op, *grads):
+    return gi._op1("Pack", [list(grads)], {"axis": op.get_attr("axis")}, name="stack")
+
+
+def _concat_grad_helper(op, grad, start, end, dim_index):
+    if len(op.inputs) == 2:
+        return [grad, None] if end <= dim_index else [None, grad]
+    concat_dim = op.inputs[dim_index]
+    input_values = op.inputs[start:end]
+    grad = _dense(grad)
+    out_grads = []
+    non_neg_concat_dim = gi.floormod(concat_dim, gi.rank(input_values[0]))
+    sizes = []
+    for x in input_values:  # TensorFlow's _ExtractInputShapes
+        s = gi.shape(x)
+        if s.op.type != "Const":
+            sizes = gi._op("ShapeN", [list(input_values)],
+                           {"out_type": dtypes.int32}).outputs
+            break
+        sizes.append(s)
+    if len(sizes) > 16:
+        stacked = gi._op1("Pack", [list(sizes)], {"axis": 1}, name="stack")
+        sl = gi._op1("Slice", [stacked, gi.stack([non_neg_concat_dim, 0]), [1, -1]])
+        split_sizes = gi._op1("Squeeze", [sl], {"squeeze_dims": []})
+        out_grads = gi._op("SplitV", [grad, split_sizes, non_neg_concat_dim],
+                           {"num_split": len(input_values)}, name="split").outputs
+    else:
+        offset = gi._op("ConcatOffset", [non_neg_concat_dim, list(sizes)]).outputs
+        for begin, size in zip(offset, sizes):
+            out_grads.append(gi._op1("Slice", [grad, begin, size]))
+    return out_grads + [None] if end <= dim_index else [None] + out_grads
+
+
+@RegisterGradient("ConcatV2")
+def _concat_v2_grad(op, grad):
+    return _concat_grad_helper(op, grad, 0, len(op.inputs) - 1, len(op.inputs) - 1)
+
+
+@RegisterGradient("Concat")
+def _concat_grad(op, grad):
+    return _concat_grad_helper(op, grad, 1, len(op.inputs), 0)
+
+
+@RegisterGradient("Slice")
+def _slice_grad(op, grad):
+    input_vec, begin_vec = op.inputs[0], op.inputs[1]
+    input_rank = gi.rank(input_vec)
+    index_dtype = begin_vec.dtype.base_dtype
+    slice_size = gi.shape(op.outputs[0], out_type=index_dtype)
+    shp = gi.stack([input_rank, 1])
+    before_pad = gi.reshape(begin_vec, shp)
+    after_pad = gi.reshape(gi.sub(gi.sub(gi.shape(input_vec, out_type=index_dtype), slice_size),
+                                  begin_vec), shp)
+    paddings = gi.concat([before_pad, after_pad], 1)
+    return gi._op1("Pad", [grad, paddings]), None, None
+
+
+def _cv_or(t):
+    v = si.constant_value(t)
+    return v if v is not None else t
+
+
+@RegisterGradient("StridedSlice")
+def _strided_slice_grad(op, grad):
+    begin, end, strides = op.inputs[1], op.inputs[2], op.inputs[3]
+    x = gi.shape(op.inputs[0], out_type=begin.dtype.base_dtype)
+    x = _cv_or(x)
+    attrs = {k: op.get_attr(k) for k in ("begin_mask", "end_mask", "ellipsis_mask",
+                                         "new_axis_mask", "shrink_axis_mask")}
+    return (gi._op1("StridedSliceGrad", [x, _cv_or(begin), _cv_or(end), _cv_or(strides),
+                                         _dense(grad)], attrs),
+            None, None, None)
+
+
+@RegisterGradient("StridedSliceGrad")
+def _strided_slice_grad_grad(op, grad):
+    attrs = {k: op.get_attr(k) for k in ("begin_mask", "end_mask", "ellipsis_mask",
+                                         "new_axis_mask", "shrink_axis_mask")}
+    return (None, None, None, None,
+            gi._op1("StridedSlice", [grad, op.inputs[1], op.inputs[2], op.inputs[3]], attrs))
+
+
+@RegisterGradient("Split")
+def _split_grad(op, *grads):
+    return None, gi.concat([_dense(g) for g in grads], op.inputs[0])
+
+
+@RegisterGradient("SplitV")
+def _split_v_grad(op, *grads):
+    return [gi.concat([_dense(g) for g in grads], op.inputs[2])] + \
+        [None] * (len(op.inputs) - 1)
+
+
+@RegisterGradient("Fill")
+def _fill_grad(op, grad):
+    return None, gi.reduce_sum(grad)
+
+
+@RegisterGradient("PreventGradient")
+def _prevent_gradient_grad(op, grad):
+    msg = op.get_attr("message")
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    raise LookupError(f"Gradient explicitly disabled. Reason: {msg}")
+
+
+@RegisterGradient("GatherV2")
+def _gather_v2_grad(op, grad):
+    params, indices, axis = op.inputs
+    with _g().colocate_with(params.op):
+        params_shape = gi.shape(params)
+    indices_size = gi.expand_dims(gi.size(indices), 0)
+    axis_static = si.constant_value(axis)
+    batch_dims = int(op.get_attr("batch_dims"))
+    if batch_dims < 0:
+        if indices.shape.rank is None:
+            raise ValueError("Currently, it is unsupported to take the gradient of tf.gather "
+                             "when batch_dims < 0 and the rank of the indices is unknown.")
+        batch_dims += indices.shape.rank
+    if axis_static is not None and int(axis_static) == 0 and batch_dims == 0:
+        params_tail_shape = gi.getitem(params_shape, slice(1, None))
+        values_shape = gi.concat([indices_size, params_tail_shape], 0)
+        values = gi.reshape(_dense(grad), values_shape)
+        indices = gi.reshape(indices, indices_size)
+        return [IndexedSlices(values, indices, params_shape), None, None]
+    if axis_static is None:
+        raise ValueError(f"The gradient of {op.name!r} (GatherV2) needs a constant axis.")
+    # a gather along an inner axis: move the axis first, segment-sum, move it back
+    ax = int(axis_static)
+    prank = params.shape.rank
+    if prank is None:
+        raise ValueError(f"The gradient of {op.name!r} (GatherV2) along axis {ax} needs "
+                         f"params of known rank.")
+    if ax < 0:
+        ax += prank
+    if batch_dims:
+        raise NotImplementedError(f"The gradient of {op.name!r} (GatherV2) with batch_dims="
+                                  f"{batch_dims} is not supported.")
+    grad = _dense(grad)
+    irank = indices.shape.rank
+    if irank is None:
+        raise ValueError(f"The gradient of {op.name!r} (GatherV2) along axis {ax} needs "
+                         f"indices of known rank.")
+    # grad has shape params[:ax] + indices + params[ax+1:]; bring the indices dims first
+    outer = list(range(ax))
+    idx_dims = list(range(ax, ax + irank))
+    inner = list(range(ax + irank, prank - 1 + irank))
+    perm = idx_dims + outer + inner
+    gt = gi.transpose(grad, np.array(perm, dtype=np.int32))
+    gshape = gi.shape(gt)
+    flat_shape = gi.concat([np.array([-1], dtype=np.int32),
+                            gi.getitem(gshape, slice(irank, None))], 0)
+    values = gi.reshape(gt, flat_shape)
+    flat_idx = gi.reshape(indices, [-1])
+    num = gi.getitem(params_shape, ax)
+    summed = gi._op1("UnsortedSegmentSum", [values, flat_idx, num])
+    # summed: [params[ax]] + params[:ax] + params[ax+1:]; move axis 0 back to ax
+    inv = list(range(1, ax + 1)) + [0] + list(range(ax + 1, prank))
+    return [gi.transpose(summed, np.array(inv, dtype=np.int32)), None, None]
+
+
+@RegisterGradient("Gather")
+def _gather_grad(op, grad):
+    params, indices = op.inputs
+    with _g().colocate_with(params.op):
+        params_shape = gi.shape(params)
+    size = gi.expand_dims(gi.size(indices), 0)
+    values_shape = gi.concat([size, gi.getitem(params_shape, slice(1, None))], 0)
+    values = gi.reshape(_dense(grad), values_shape)
+    indices = gi.reshape(indices, size)
+    return [IndexedSlices(values, indices, params_shape), None]
+
+
+@RegisterGradient("GatherNd")
+def _gather_nd_grad(op, grad):
+    ref, indices = op.inputs
+    ref_shape = gi.shape(ref, out_type=indices.dtype.base_dtype)
+    ishape = indices.shape
+    if ishape.rank == 2 and tensor_shape.dimension_value(ishape.dims[-1]) == 1:
+        return [IndexedSlices(grad, gi._op1("Squeeze", [indices], {"squeeze_dims": [-1]}),
+                              ref_shape), None]
+    attrs = {}
+    if "bad_indices_policy" in op.attr_names:
+        attrs["bad_indices_policy"] = op.get_attr("bad_indices_policy")
+    return [gi._op1("ScatterNd", [indices, _dense(grad), ref_shape], attrs), None]
+
+
+@RegisterGradient("ScatterNd")
+def _scatter_nd_grad(op, grad):
+    return [None, gi._op1("GatherNd", [grad, op.inputs[0]]), None]
+
+
+@RegisterGradient("CheckNumerics")
+def _check_numerics_grad(op, grad):
+    msg = op.get_attr("message")
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    return gi._op1("CheckNumerics", [grad], {"message": "Not a number (NaN) or infinity (Inf) "
+                                                       "values detected in gradient. " + msg})
+
+
+@RegisterGradient("Identity")
+@RegisterGradient("PlaceholderWithDefault")
+@RegisterGradient("RefIdentity")
+@RegisterGradient("Snapshot")
+def _identity_grad(op, grad):
+    return grad
+
+
+@RegisterGradient("IdentityN")
+def _identity_n_grad(op, *grads):
+    return list(grads)
+
+
+@RegisterGradient("Reshape")
+def _reshape_grad(op, grad):
+    s = op.inputs[0].shape
+    if s.rank is not None and not s.is_fully_defined():
+        lst = s.as_list()
+        undefined = [i for i, d in enumerate(lst) if d is None]
+        if len(undefined) == 1 and 0 not in lst:
+            lst[undefined[0]] = -1
+            return [gi.reshape(_dense(grad), lst), None]
+    return [gi.reshape(_dense(grad), gi.shape(op.inputs[0])), None]
+
+
+def _reshape_to_input(op, grad):
+    return gi.reshape(_dense(grad), gi.shape(op.inputs[0]))
+
+
+@RegisterGradient("ExpandDims")
+def _expand_dims_grad(op, grad):
+    return [_reshape_to_input(op, grad), None]
+
+
+@RegisterGradient("Squeeze")
+def _squeeze_grad(op, grad):
+    return _reshape_to_input(op, grad)
+
+
+@RegisterGradient("Transpose")
+def _transpose_grad(op, grad):
+    return [gi.transpose(grad, gi._op1("InvertPermutation", [op.inputs[1]])), None]
+
+
+@RegisterGradient("ConjugateTranspose")
+def _conjugate_transpose_grad(op, grad):
+    return [gi._op1("ConjugateTranspose", [grad, gi._op1("InvertPermutation",
+                                                         [op.inputs[1]])],
+                    name="transpose"), None]
+
+
+def _transpose_default(a):
+    """``tf.transpose(a)`` without a perm: the axes reversed."""
+    with gi.name_scope(None, "transpose", [a]) as scope:
+        r = a.shape.rank
+        if r is None:
+            rk = gi._op1("Rank", [a])
+            perm = gi._op1("Range", [gi.sub(rk, 1), -1, -1])
+        else:
+            perm = np.arange(r - 1, -1, -1, dtype=np.int32)
+        return gi._op1("Transpose", [a, perm], name=scope)
+
+
+@RegisterGradient("Tile")
+def _tile_grad(op, grad):
+    multiples = op.inputs[1]
+    input_shape = gi.shape(op.inputs[0], out_type=multiples.dtype.base_dtype)
+    split_shape = gi.reshape(_transpose_default(gi.stack([multiples, input_shape])), [-1])
+    axes = _range0(gi.size(split_shape), 2)
+    if isinstance(grad, IndexedSlices):
+        grad = _dense(grad)
+    input_grad = gi.reduce_sum(gi.reshape(grad, split_shape), axes)
+    input_grad.set_shape(op.inputs[0].get_shape())
+    return [input_grad, None]
+
+
+def _range0(limit, delta):
+    with gi.name_scope(None, "Range", [limit]) as scope:
+        dt = limit.dtype.base_dtype
+        s = gi.convert_to_tensor(0, dtype=dt, name="start")
+        d = gi.convert_to_tensor(delta, dtype=dt, name="delta")
+        return gi._op1("Range", [s, limit, d], name=scope)
+
+
+def _pad_grad(op, grad):
+    x, a = op.inputs[0], op.inputs[1]
+    pad_before = gi._op1("Slice", [a, [0, 0], gi.stack([gi.rank(x), 1])])
+    begin = gi.reshape(pad_before, [-1])
+    sizes = gi.shape(x, out_type=begin.dtype.base_dtype)
+    x_grad = gi._op1("Slice", [grad, begin, sizes])
+    if len(op.inputs) == 3:
+        return x_grad, None, None
+    return x_grad, None
+
+
+RegisterGradient("Pad")(_pad_grad)
+RegisterGradient("PadV2")(_pad_grad)
+
+
+@RegisterGradient("MirrorPad")
+def _mirror_pad_grad(op, grad):
+    return [gi._op1("MirrorPadGrad", [grad, op.inputs[1]], {"mode": op.get_attr("mode")}),
+            None]
+
+
+@RegisterGradient("MirrorPadGrad")
+def _mirror_pad_grad_grad(op, grad):
+    return [gi._op1("MirrorPad", [grad, op.inputs[1]], {"mode": op.get_attr("mode")}), None]
+
+
+@RegisterGradient("ReverseV2")
+def _reverse_v2_grad(op, grad):
+    return gi._op1("ReverseV2", [grad, op.inputs[1]]), None
+
+
+@RegisterGradient("Reverse")
+def _reverse_grad(op, grad):
+    return gi._op1("Reverse", [grad, op.inputs[1]]), None
+
+
+@RegisterGradient("BroadcastTo")
+def _broadcast_to_grad(op, grad):
+    input_value, broadcast_shape = op.inputs
+    shape_dtype = broadcast_shape.dtype.base_dtype
+    input_value_shape = gi.shape(input_value, out_type=shape_dtype)
+    static = si.constant_value(broadcast_shape)
+    if static is not None:
+        broadcast_shape = gi._const(np.asarray(static), dtype=shape_dtype)
+    _, reduction_axes = gi._op("BroadcastGradientArgs",
+                               [broadcast_shape, input_value_shape]).outputs
+    reshaped = gi.reduce_sum(grad, reduction_axes, keepdims=True)
+    return [gi.reshape(reshaped, input_value_shape), None]
+
+
+# --- shape functions of the gradient op types this family emits -----------------------------
+@si.register("StridedSliceGrad")
+def _strided_slice_grad_shape(op):
+    return [si.constant_value_as_shape(op.inputs[0])]
+
+
+@si.register("MirrorPadGrad")
+def _mirror_pad_grad_shape(op):
+    s = op.inputs[0].shape
+    pads = si.constant_value(op.inputs[1])
+    if s.rank is None or pads is None:
+        return None if s.rank is None else [tensor_shape.unknown_shape(rank=s.rank)]
+    dims = []
+    for d, (a, b) in zip(s.as_list(), np.asarray(pads).reshape(-1, 2)):
+        dims.append(None if d is None else int(d - a - b))
+    return [tensor_shape.TensorShape(dims)]
+
+
+@si.register("ConcatOffset")
+def _concat_offset_shape(op):
+    return [op.inputs[i].shape for i in range(1, len(op.inputs))]
+
+
+@si.register("InvertPermutation")
+def _invert_permutation_shape(op):
+    return [op.inputs[0].shape]
+
+
+del Tensor
