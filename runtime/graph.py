@@ -445,6 +445,7 @@ class Graph:
         self._building_function = False
         self._cf_context = None  # the cond/while context ops are being built in (issue 6)
         self._attr_scope_map = {}  # attrs every op built inside ``_attr_scope`` gets
+        self._gradient_override_map = {}
 
     # --- default graph ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -539,6 +540,8 @@ class Graph:
         for k, v in self._attr_scope_map.items():
             if v is not None:
                 nd.attr[k].CopyFrom(v)
+        if op_type in self._gradient_override_map:
+            nd.attr["_gradient_op_type"].s = self._gradient_override_map[op_type].encode()
         op_defs.add_default_attrs(nd, od)
         inputs = list(inputs)
         control_inputs = list(control_inputs)
@@ -576,6 +579,20 @@ class Graph:
 
     def _set_control_flow_context(self, ctx):
         self._cf_context = ctx
+
+    @contextlib.contextmanager
+    def gradient_override_map(self, op_type_map):
+        """TensorFlow's ``gradient_override_map``: ops of these types built inside use the
+        gradient function registered under the mapped name (a ``_gradient_op_type`` attr)."""
+        for k, v in op_type_map.items():
+            if not (isinstance(k, str) and isinstance(v, str)):
+                raise TypeError("op_type_map must be a dictionary mapping strings to strings")
+        saved = self._gradient_override_map
+        self._gradient_override_map = {**saved, **op_type_map}
+        try:
+            yield
+        finally:
+            self._gradient_override_map = saved
 
     @contextlib.contextmanager
     def _attr_scope(self, attr_map):
@@ -653,6 +670,8 @@ class Graph:
                 raise ValueError(f"Control input {c.name!r} is not an element of this graph.")
             if c not in ops:
                 ops.append(c)
+                # as TensorFlow 2 marks an op used as a manual control dependency
+                c._set_attr("_has_manual_control_dependencies", attr_value_pb2.AttrValue(b=True))
         controller = Graph._ControlDependenciesController(ops)
         self._control_dependencies_stack.append(controller)
         try:

@@ -323,6 +323,15 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                 if dt is None and arg.type_attr in attr_defs and \
                         attr_defs[arg.type_attr].HasField("default_value"):
                     dt_default = dtypes.as_dtype(attr_defs[arg.type_attr].default_value.type)
+                    # as TensorFlow: a plain conversion wins if its dtype is allowed
+                    allowed = _allowed(attr_defs[arg.type_attr])
+                    if allowed and not isinstance(value, Tensor):
+                        try:
+                            t0 = convert_to_tensor(value, name=arg.name, as_ref=arg.is_ref)
+                        except (TypeError, ValueError):
+                            t0 = None
+                        if t0 is not None and t0.dtype.base_dtype.as_datatype_enum in allowed:
+                            value, dt_default = t0, None
                 t = _convert_input(value, dt, dt_default, arg, op_type, as_ref=arg.is_ref,
                                    name=arg.name)
                 if arg.type_attr and arg.type_attr not in types:
@@ -344,9 +353,17 @@ def apply_op(op_type, inputs=(), attrs=None, name=None, control_inputs=(), graph
                 raise TypeError(f"{op_type} got an unexpected attr {k!r}; it has "
                                 f"{sorted(attr_defs)}")
             avs[k] = make_attr(v, ad.type, k, op_type)
+        # as TensorFlow's _apply_op_helper: an op is colocated with its ref inputs (an Assign
+        # or ApplyGradientDescent on a variable gets ``_class: loc:@<variable>``)
+        must_colocate = [t for arg, t in zip(od.input_arg, flat)
+                         if arg.is_ref and not (arg.number_attr or arg.type_list_attr)] \
+            if any(a.is_ref for a in od.input_arg) else []
         try:
-            op = g.create_op(op_type, flat, name=scope, attrs=avs,
-                             control_inputs=list(control_inputs))
+            with contextlib.ExitStack() as colocation:
+                for t in must_colocate:
+                    colocation.enter_context(g.colocate_with(t.op))
+                op = g.create_op(op_type, flat, name=scope, attrs=avs,
+                                 control_inputs=list(control_inputs))
         except ValueError as e:
             if "Shapes of node" in str(e):
                 raise

@@ -55,7 +55,13 @@ def infer(op):
     fn = _SHAPE_FNS.get(op.type)
     if fn is None:
         return
-    shapes = fn(op)
+    try:
+        shapes = fn(op)
+    except ValueError as e:  # a shape function's proof of bad input: TensorFlow's ValueError
+        if str(e).startswith("Shapes of node"):
+            raise
+        raise ValueError(f"Shapes of node {op.name!r} ({op.type}) are inconsistent: {e}") \
+            from None
     if shapes is None:
         return
     if len(shapes) != len(op._outputs):

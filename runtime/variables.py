@@ -305,6 +305,82 @@ class Variable:
         return d
 
 
+def _try_guard_against_uninitialized_dependencies(name, initial_value):
+    """TensorFlow's guard: an initial value that reads other variables reads their
+    ``initialized_value()`` instead, so that initializers run in any order. The ops between
+    are copied with ``_<name>`` appended (``mul_w``; a RefSwitch becomes a Switch), as
+    TensorFlow names them; a value with a cycle (a while loop) is left as it is."""
+    from mgrt.runtime.graph import Tensor
+
+    if not isinstance(initial_value, Tensor):
+        raise TypeError(f"initial_value needs to be a Tensor: {initial_value}")
+    if _has_cycle(initial_value.op, {}):
+        return initial_value
+    return _safe_initial_value_from_tensor(name, initial_value, {})
+
+
+def _has_cycle(op, state):
+    """Whether a cycle is reachable from ``op`` through its inputs (``state``: op name ->
+    "visiting" / "done")."""
+    stack = [(op, iter(list(op.inputs) + list(op.control_inputs)))]
+    state[op.name] = "visiting"
+    while stack:
+        cur, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            state[cur.name] = "done"
+            stack.pop()
+            continue
+        dep = nxt.op if hasattr(nxt, "op") and not hasattr(nxt, "outputs") else nxt
+        s = state.get(dep.name)
+        if s == "visiting":
+            return True
+        if s is None:
+            state[dep.name] = "visiting"
+            stack.append((dep, iter(list(dep.inputs) + list(dep.control_inputs))))
+    return False
+
+
+def _safe_initial_value_from_tensor(name, tensor, op_cache):
+    op = tensor.op
+    new_op = op_cache.get(op.name)
+    if new_op is None:
+        new_op = _safe_initial_value_from_op(name, op, op_cache)
+        op_cache[op.name] = new_op
+    return new_op.outputs[tensor.value_index]
+
+
+def _safe_initial_value_from_op(name, op, op_cache):
+    op_type = op.type
+    if op_type in ("IsVariableInitialized", "VarIsInitializedOp", "ReadVariableOp", "If"):
+        return op
+    if op_type in ("Variable", "VariableV2", "VarHandleOp"):
+        initialized = _find_initialized_value_for_variable(op)
+        return op if initialized is None else initialized.op
+    modified = False
+    new_inputs = []
+    for t in op.inputs:
+        nt = _safe_initial_value_from_tensor(name, t, op_cache)
+        new_inputs.append(nt)
+        modified = modified or (nt is not t)
+    if not modified:
+        return op
+    new_type = "Switch" if op_type == "RefSwitch" else op_type
+    new_name = (op.name + "_" + name).replace(":", "_")
+    attrs = {k: v for k, v in op.node_def.attr.items()}
+    return op.graph.create_op(new_type, new_inputs, name=new_name, attrs=attrs)
+
+
+def _find_initialized_value_for_variable(variable_op):
+    g = variable_op.graph
+    names = (variable_op.name, variable_op.name + ":0")
+    for key in (graph_lib.GraphKeys.GLOBAL_VARIABLES, graph_lib.GraphKeys.LOCAL_VARIABLES):
+        for var in g.get_collection(key):
+            if getattr(var, "name", None) in names and hasattr(var, "initialized_value"):
+                return var.initialized_value()
+    return None
+
+
 def _element(graph, name, import_scope, operation=False):
     """The tensor (or, with ``operation=True``, the operation) a VariableDef names: a name of
     the other kind is a ValueError, as in TensorFlow, not an object without the expected
@@ -347,9 +423,12 @@ class RefVariable(Variable):
     def _build_nodes(self, g, scope, true_name, initial_value, shape, validate_shape):
         from mgrt.runtime import ops as ops_lib
 
+        # (the guard's ops are built before the colocation with this variable, as in
+        # TensorFlow; the Assign is colocated with its ref input by apply_op)
+        guarded = _try_guard_against_uninitialized_dependencies(scope, initial_value)
         with g.colocate_with(self._variable_tensor.op):
             self._initializer_op = ops_lib.apply_op(
-                "Assign", [self._variable_tensor, initial_value],
+                "Assign", [self._variable_tensor, guarded],
                 {"validate_shape": validate_shape, "use_locking": True}, name="Assign")
             self._snapshot = ops_lib.apply_op("Identity", [self._variable_tensor],
                                               name="read").outputs[0]
@@ -393,7 +472,13 @@ class RefVariable(Variable):
         return self._snapshot
 
     def read_value(self):
-        return self._snapshot
+        """A new read of the variable (TensorFlow's ``identity(variable, name="read")``), so
+        that a read built inside a cond or while context runs in it."""
+        from mgrt.runtime import ops as ops_lib
+
+        t = ops_lib.apply_op("Identity", [self._variable_tensor], name="read").outputs[0]
+        t._shape = self._variable_tensor.shape
+        return t
 
     def _ref(self):
         return self._variable_tensor
@@ -443,9 +528,10 @@ class ResourceVariable(Variable):
         dt = initial_value.dtype.base_dtype
         self._dtype = dt
         self._shape = shape
+        self._validate_shape = validate_shape
         self._handle = ops_lib.apply_op(
             "VarHandleOp", [], {"shape": shape, "dtype": dt, "shared_name": true_name,
-                                "container": ""},
+                                "container": "", "debug_name": scope},
             name=scope).outputs[0]
         self._variable_tensor = self._handle
         self._name = self._handle.name
@@ -459,8 +545,10 @@ class ResourceVariable(Variable):
                                                        [self._handle]).outputs[0]
         with g.name_scope("Assign") as n, g.colocate_with(None, ignore_existing=True), \
                 g.device(self._handle.device):
-            self._initializer_op = ops_lib.apply_op("AssignVariableOp",
-                                                    [self._handle, initial_value], name=n)
+            self._initializer_op = ops_lib.apply_op(
+                "AssignVariableOp",
+                [self._handle, _try_guard_against_uninitialized_dependencies(scope, initial_value)],
+                name=n)
         with g.name_scope("Read"), g.device(self._handle.device):
             self._graph_element = ops_lib.apply_op("ReadVariableOp", [self._handle],
                                                    {"dtype": dt}).outputs[0]
@@ -480,8 +568,18 @@ class ResourceVariable(Variable):
         from mgrt.runtime import ops as ops_lib
 
         g = self._handle.graph
-        value = ops_lib.convert_to_tensor(value, dtype=self._dtype)
-        op = ops_lib.apply_op(op_type, [self._handle, value], name=name)
+        with g.as_default():
+            value = ops_lib.convert_to_tensor(value, dtype=self._dtype)
+        attrs = {}
+        if op_type == "AssignVariableOp":
+            if not self._shape.is_compatible_with(value.shape):
+                raise ValueError(f"Cannot assign value to variable ' {self.name}': Shape "
+                                 f"mismatch.The variable shape {self._shape}, and the assigned "
+                                 f"value shape {value.shape} are incompatible.")
+            # TensorFlow checks the shape at run time when the variable's is fully defined
+            attrs["validate_shape"] = bool(getattr(self, "_validate_shape", True) and
+                                           self._shape.is_fully_defined())
+        op = ops_lib.apply_op(op_type, [self._handle, value], attrs, name=name)
         if not read_value:
             return op
         with g.control_dependencies([op]):
@@ -572,7 +670,10 @@ def all_saveable_objects(scope=None, graph=None):
 def variables_initializer(var_list, name="init"):
     """A NoOp that runs the initializers of ``var_list`` (TensorFlow's ``group``)."""
     g = graph_lib.get_default_graph()
-    return g.create_op("NoOp", name=name, control_inputs=[v.initializer for v in var_list])
+    if not var_list:
+        return g.create_op("NoOp", name=name)
+    with g.control_dependencies([v.initializer for v in var_list]):
+        return g.create_op("NoOp", name=name)
 
 
 def global_variables_initializer():

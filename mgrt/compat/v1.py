@@ -6,6 +6,7 @@ default graph), dtypes and shapes, TensorProto conversion, device specs, the pro
 """
 
 from mgrt import errors, train  # noqa: F401
+from mgrt import nn, losses  # noqa: F401,E402
 from mgrt.devices.device_spec import DeviceSpec  # noqa: F401
 from mgrt.protos.attr_value_pb2 import AttrValue, NameAttrList  # noqa: F401
 from mgrt.protos.graph_pb2 import GraphDef  # noqa: F401
@@ -35,6 +36,7 @@ from mgrt.runtime.ops import (constant, convert_to_tensor, convert_n_to_tensor, 
 from mgrt.runtime.variables import (Variable, disable_resource_variables,  # noqa: F401,E402
                                     enable_resource_variables, resource_variables_enabled)
 from mgrt.runtime import api as _api  # noqa: E402
+from mgrt.runtime.gradients import gradients, RegisterGradient, NotDifferentiable, NoGradient, AggregationMethod, IndexedSlices  # noqa: F401,E402,E501
 
 # The building functions: every public name (``__all__``) of the op-family modules.
 for _mod_name in ("math_ops", "array_ops", "state_ops", "random_ops", "init_ops",

@@ -1,0 +1,801 @@
+"""Gradients of the nn op types (TensorFlow's ``nn_grad.py`` and the image resizes of
+``image_grad.py``).
+
+Each function builds the op types, node names and attrs TensorFlow 2.x's gradient function
+builds for the same op in a TF1 graph, so a training graph built by mgrt runs in TensorFlow and
+TensorFlow's graph runs in mgrt. The node names come out as TensorFlow's because the small
+builders below behave like TensorFlow's generated op wrappers: an op named ``X`` opens the name
+scope ``X/`` and a Python input becomes a Const named after its input argument
+(``ExpandDims/dim``, ``Sum/reduction_indices``); ``a * b`` is ``Mul`` named ``mul`` with a
+Python operand as ``mul/y``; shapes known while building become Consts (``Shape``, ``Rank``,
+``Size``, ``zeros_like``), as ``array_ops.shape`` and friends make them.
+
+Second-order terms: ``SparseSoftmaxCrossEntropyWithLogits`` and
+``SoftmaxCrossEntropyWithLogits`` add the softmax Hessian-vector term when the gradient flowing
+into their ``backprop`` output is not a zeros tensor that the gradient machinery made. This is
+what the oracle, TensorFlow 2.x's ``nn_grad.py``, builds in a TF1 graph; early TF 1.x releases
+wrapped that output in ``PreventGradient`` instead, so a second derivative raised there.
+
+Shape functions for the gradient op types (``ReluGrad``, ``Conv2DBackpropInput``...) are
+registered here too, so ``Tensor.shape`` of a gradient is what TensorFlow says.
+"""
+
+import numpy as np
+
+from mgrt.runtime import dtypes, tensor_shape
+from mgrt.runtime import graph as graph_lib
+from mgrt.runtime import shape_inference as si
+from mgrt.runtime.gradients import NotDifferentiable, RegisterGradient
+from mgrt.runtime.graph import Tensor
+from mgrt.runtime.ops import apply_op, constant, convert_to_tensor, name_scope
+
+# =============================================================================================
+# Builders that name nodes as TensorFlow's Python wrappers do
+# =============================================================================================
+
+
+def _graph_for(inputs):
+    for v in inputs:
+        for t in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(t, Tensor):
+                return t.graph
+    return graph_lib.get_default_graph()
+
+
+def _op(op_type, inputs, attrs=None, name=None):
+    """TensorFlow's generated wrapper ``gen_*.op_type(*inputs, name=name)``: opens the name
+    scope ``name or op_type`` (the node takes its name), Python inputs become Consts named after
+    their input argument, inside that scope. Returns the Operation."""
+    attrs = dict(attrs or {})
+    g = _graph_for(inputs)
+    od = g.op_registry.get(op_type)
+    if od is None:
+        raise ValueError(f"Op type not registered: {op_type!r}.")
+    attr_defs = {a.name: a for a in od.attr}
+    with g.as_default(), name_scope(name or op_type) as scope:
+        known = {}
+        for arg, v in zip(od.input_arg, inputs):
+            if isinstance(v, Tensor) and arg.type_attr:
+                known.setdefault(arg.type_attr, v.dtype.base_dtype)
+        for k, v in attrs.items():
+            ad = attr_defs.get(k)
+            if ad is not None and ad.type == "type":
+                known[k] = dtypes.as_dtype(v)
+        conv = []
+        for arg, v in zip(od.input_arg, inputs):
+            if isinstance(v, Tensor) or arg.number_attr or arg.type_list_attr:
+                if isinstance(v, (list, tuple)):
+                    v = [x if isinstance(x, Tensor) else
+                         convert_to_tensor(x, dtype=_arg_dtype(arg, known, attr_defs),
+                                           name=f"{arg.name}_{i}")
+                         for i, x in enumerate(v)]
+                conv.append(v)
+                continue
+            dt = _arg_dtype(arg, known, attr_defs)
+            t = convert_to_tensor(v, dtype=dt, name=arg.name)
+            if arg.type_attr:
+                known.setdefault(arg.type_attr, t.dtype.base_dtype)
+            conv.append(t)
+        return apply_op(op_type, conv, attrs, name=scope)
+
+
+def _arg_dtype(arg, known, attr_defs):
+    if arg.type:
+        return dtypes.as_dtype(arg.type)
+    if arg.type_attr in known:
+        return known[arg.type_attr]
+    ad = attr_defs.get(arg.type_attr)
+    if ad is not None and ad.HasField("default_value"):
+        return dtypes.as_dtype(ad.default_value.type)
+    return None
+
+
+def _out(op_type, inputs, attrs=None, name=None):
+    return _op(op_type, inputs, attrs, name).outputs[0]
+
+
+def _binary(op_type, scope_name, x, y):
+    """``x <op> y`` as TensorFlow's Tensor operators build it (``mul``, ``sub``, ``add``...)."""
+    with name_scope(None, scope_name, [x, y]) as scope:
+        if not isinstance(x, Tensor):
+            x = convert_to_tensor(x, dtype=y.dtype.base_dtype, name="x")
+        if not isinstance(y, Tensor):
+            y = convert_to_tensor(y, dtype=x.dtype.base_dtype, name="y")
+        return apply_op(op_type, [x, y], name=scope).outputs[0]
+
+
+def _mul(x, y):
+    return _binary("Mul", "mul", x, y)
+
+
+def _sub(x, y):
+    return _binary("Sub", "sub", x, y)
+
+
+def _add(x, y):
+    return _binary("AddV2", "add", x, y)
+
+
+def _truediv(x, y):
+    return _binary("RealDiv", "truediv", x, y)
+
+
+def _neg(x):
+    return _out("Neg", [x])
+
+
+def _cast(x, dtype):
+    dtype = dtypes.as_dtype(dtype)
+    if x.dtype.base_dtype == dtype:
+        return x
+    with name_scope(None, "Cast", [x]) as scope:
+        return apply_op("Cast", [x], {"DstT": dtype, "Truncate": False}, name=scope).outputs[0]
+
+
+def _reduce_sum(x, axis, keepdims=False):
+    return _out("Sum", [x, axis], {"keep_dims": keepdims})
+
+
+def _expand_dims(x, axis):
+    return _out("ExpandDims", [x, axis])
+
+
+def _reshape(x, shape):
+    return _out("Reshape", [x, shape])
+
+
+def _shape(x, out_type=dtypes.int32):
+    """``array_ops.shape``: a Const when the static shape is fully known."""
+    s = x.shape
+    if s.is_fully_defined():
+        return constant(s.as_list(), dtype=out_type, name="Shape")
+    return _out("Shape", [x], {"out_type": out_type})
+
+
+def _rank(x):
+    if x.shape.rank is not None:
+        return constant(x.shape.rank, dtype=dtypes.int32, name="Rank")
+    return _out("Rank", [x])
+
+
+def _size(x):
+    s = x.shape
+    if s.is_fully_defined():
+        return constant(s.num_elements(), dtype=dtypes.int32, name="Size")
+    return _out("Size", [x], {"out_type": dtypes.int32})
+
+
+def _zeros_like(x):
+    """``array_ops.zeros_like``: a Const (small known shape), a Fill (large known shape) or a
+    ZerosLike node, named ``zeros_like``."""
+    s = x.shape
+    dt = x.dtype.base_dtype
+    with name_scope(None, "zeros_like", [x]) as scope:
+        if s.is_fully_defined():
+            if s.num_elements() < 1000:
+                return constant(np.zeros(s.as_list(), dt.as_numpy_dtype), dtype=dt,
+                                name=scope)
+            dims = constant(s.as_list(), dtype=dtypes.int32, name="shape_as_tensor")
+            zero = constant(0, dtype=dt, name="Const")
+            return apply_op("Fill", [dims, zero], name=scope).outputs[0]
+        return apply_op("ZerosLike", [x], name=scope).outputs[0]
+
+
+def _ones_like(x):
+    """``array_ops.ones_like`` of a known shape: TensorFlow builds a Fill."""
+    s = x.shape
+    dt = x.dtype.base_dtype
+    with name_scope(None, "ones_like", [x]) as scope:
+        if s.is_fully_defined():
+            with name_scope("Shape"):
+                dims = constant(s.as_list(), dtype=dtypes.int32, name="shape_as_tensor")
+            one = constant(1, dtype=dt, name="Const")
+            return apply_op("Fill", [dims, one], name=scope).outputs[0]
+        return apply_op("OnesLike", [x], name=scope).outputs[0]
+
+
+def _zeros(shape, dtype):
+    with name_scope(None, "zeros", []) as scope:
+        return constant(np.zeros(shape, dtypes.as_dtype(dtype).as_numpy_dtype), dtype=dtype,
+                        name=scope)
+
+
+def _strided_slice_1d(x, begin, end, begin_mask=0, end_mask=0, shrink_axis_mask=0):
+    """``x[begin:end]`` / ``x[i]`` of a vector, as TensorFlow's ``_slice_helper`` builds it."""
+    with name_scope(None, "strided_slice", [x]) as scope:
+        b = constant([begin], dtype=dtypes.int32, name="stack")
+        e = constant([end], dtype=dtypes.int32, name="stack_1")
+        st = constant([1], dtype=dtypes.int32, name="stack_2")
+        out = apply_op("StridedSlice", [x, b, e, st],
+                       {"begin_mask": begin_mask, "end_mask": end_mask, "ellipsis_mask": 0,
+                        "new_axis_mask": 0, "shrink_axis_mask": shrink_axis_mask},
+                       name=scope).outputs[0]
+    cv = si.constant_value(x)
+    if cv is not None:
+        v = cv[begin] if shrink_axis_mask else cv[(None if begin_mask else begin):
+                                                  (None if end_mask else end)]
+        out.set_shape(np.shape(v))
+    return out
+
+
+def _concat(values, axis):
+    return _out("ConcatV2", [list(values), axis], name="concat")
+
+
+def _range(start, limit, delta):
+    """``math_ops.range(start, limit, delta)``: Python bounds become Consts in ``range/``,
+    cast to the widest dtype of the three."""
+    with name_scope(None, "range", []) as scope:
+        order = {dtypes.int32: 0, dtypes.int64: 1, dtypes.float32: 2, dtypes.float64: 3}
+        vals = []
+        for nm, v in (("start", start), ("limit", limit), ("delta", delta)):
+            vals.append(v if isinstance(v, Tensor) else
+                        convert_to_tensor(v, dtype=dtypes.int32, name=nm))
+        dt = max((v.dtype.base_dtype for v in vals), key=lambda d: order.get(d, 0))
+        vals = [_cast(v, dt) for v in vals]
+        return apply_op("Range", vals, name=scope).outputs[0]
+
+
+def _attrs(op, *names):
+    out = {}
+    for n in names:
+        try:
+            out[n] = op.get_attr(n)
+        except ValueError:
+            pass
+    return out
+
+
+def _is_zeros_tensor(t):
+    """The gradient machinery's zeros for an unused output (TensorFlow tags them
+    ``_is_zeros_tensor``): a ZerosLike node, or zeros built as a Const/Fill."""
+    if t is None:
+        return True
+    if getattr(t, "_is_zeros_tensor", False):
+        return True
+    op = t.op
+    if op.type == "ZerosLike":
+        return True
+    if op.type in ("Const", "Fill"):
+        v = si.constant_value(t) if op.type == "Const" else si.constant_value(op.inputs[1])
+        return v is not None and not np.any(v)
+    return False
+
+
+# =============================================================================================
+# Activations
+# =============================================================================================
+
+
+@RegisterGradient("Relu")
+def _relu_grad(op, grad):
+    return _out("ReluGrad", [grad, op.outputs[0]])
+
+
+@RegisterGradient("Relu6")
+def _relu6_grad(op, grad):
+    return _out("Relu6Grad", [grad, op.outputs[0]])
+
+
+@RegisterGradient("Elu")
+def _elu_grad(op, grad):
+    return _out("EluGrad", [grad, op.outputs[0]])
+
+
+@RegisterGradient("Selu")
+def _selu_grad(op, grad):
+    return _out("SeluGrad", [grad, op.outputs[0]])
+
+
+@RegisterGradient("LeakyRelu")
+def _leaky_relu_grad(op, grad):
+    return _out("LeakyReluGrad", [grad, op.inputs[0]], {"alpha": op.get_attr("alpha")})
+
+
+@RegisterGradient("Softplus")
+def _softplus_grad(op, grad):
+    with name_scope(None, "Sigmoid", [op.inputs[0]]) as scope:
+        sig = apply_op("Sigmoid", [op.inputs[0]], name=scope).outputs[0]
+    return _mul(grad, sig)
+
+
+@RegisterGradient("Softsign")
+def _softsign_grad(op, grad):
+    return _out("SoftsignGrad", [grad, op.inputs[0]])
+
+
+@RegisterGradient("ReluGrad")
+def _relu_grad_grad(op, grad):
+    x = op.inputs[1]
+    return _out("ReluGrad", [grad, x]), _zeros_like(x)
+
+
+@RegisterGradient("Relu6Grad")
+def _relu6_grad_grad(op, grad):
+    x = op.inputs[1]
+    return _out("Relu6Grad", [grad, x]), _zeros_like(x)
+
+
+@RegisterGradient("LeakyReluGrad")
+def _leaky_relu_grad_grad(op, grad):
+    x = op.inputs[1]
+    return (_out("LeakyReluGrad", [grad, x], {"alpha": op.get_attr("alpha")}),
+            _zeros_like(x))
+
+
+def _elu_like_grad_grad(grad_type, op, grad):
+    y = op.inputs[1]
+    dx = _out(grad_type, [grad, y])
+    less = _out("Less", [y, 0.0])
+    return dx, _out("Select", [less, _mul(grad, op.inputs[0]), _zeros_like(y)])
+
+
+@RegisterGradient("EluGrad")
+def _elu_grad_grad(op, grad):
+    return _elu_like_grad_grad("EluGrad", op, grad)
+
+
+@RegisterGradient("SeluGrad")
+def _selu_grad_grad(op, grad):
+    return _elu_like_grad_grad("SeluGrad", op, grad)
+
+
+@RegisterGradient("SoftplusGrad")
+def _softplus_grad_grad(op, grad):
+    # dx = dy / (1 + exp(-x)): d(dx)/d(dy) = SoftplusGrad(., x); d(dx)/dx = dy / (e^-x + 2 + e^x)
+    dy, x = op.inputs
+    with op.graph.control_dependencies([grad]):
+        ddy = _out("SoftplusGrad", [grad, x])
+        num = _mul(grad, dy)
+        den = _add(_add(_out("Exp", [_neg(x)]), 2.0), _out("Exp", [x]))
+        return ddy, _truediv(num, den)
+
+
+# =============================================================================================
+# Softmax, bias, losses
+# =============================================================================================
+
+
+@RegisterGradient("Softmax")
+def _softmax_grad(op, grad):
+    softmax = op.outputs[0]
+    s = _reduce_sum(_mul(grad, softmax), -1, keepdims=True)
+    return _mul(_sub(grad, s), softmax)
+
+
+@RegisterGradient("LogSoftmax")
+def _log_softmax_grad(op, grad):
+    softmax = _out("Exp", [op.outputs[0]])
+    return _sub(grad, _mul(_reduce_sum(grad, -1, keepdims=True), softmax))
+
+
+@RegisterGradient("BiasAdd")
+def _bias_add_grad(op, grad):
+    attrs = _attrs(op, "data_format")
+    return grad, _out("BiasAddGrad", [grad], attrs)
+
+
+@RegisterGradient("BiasAddV1")
+def _bias_add_v1_grad(op, grad):
+    axes = _range(0, _sub(_rank(grad), 1), 1)
+    return grad, _reduce_sum(grad, axes)
+
+
+@RegisterGradient("BiasAddGrad")
+def _bias_add_grad_grad(op, grad):
+    data_format = _attrs(op, "data_format").get("data_format", b"NHWC")
+    shape = _shape(op.inputs[0])
+    bias_shape = _shape(grad)
+    if data_format == b"NCHW":
+        head = _strided_slice_1d(shape, 0, 1, begin_mask=1)
+        ones_head = _ones_like(head)
+        rest = _strided_slice_1d(shape, 2, 0, end_mask=1)
+        ones_rest = _ones_like(rest)
+        expanded = _concat([ones_head, bias_shape, ones_rest], 0)
+        tile = _concat([_strided_slice_1d(shape, 0, 1, begin_mask=1), [1],
+                        _strided_slice_1d(shape, 2, 0, end_mask=1)], 0)
+    else:
+        head = _strided_slice_1d(shape, 0, -1, begin_mask=1)
+        expanded = _concat([_ones_like(head), bias_shape], 0)
+        tile = _concat([_strided_slice_1d(shape, 0, -1, begin_mask=1), [1]], 0)
+    return _out("Tile", [_reshape(grad, expanded), tile])
+
+
+def _broadcast_mul(vec, mat):
+    return _mul(_expand_dims(vec, -1), mat)
+
+
+def _xent_logits_grad(op, grad_loss, grad_grad):
+    grad = _broadcast_mul(grad_loss, op.outputs[1])
+    logits = op.inputs[0]
+    if not _is_zeros_tensor(grad_grad):
+        softmax = _out("Softmax", [logits])
+        a, b = _expand_dims(grad_grad, 1), _expand_dims(softmax, 2)
+        with name_scope(None, "MatMul", [a, b]) as scope:
+            mm = apply_op("BatchMatMulV2", [a, b], {"adj_x": False, "adj_y": False},
+                          name=scope).outputs[0]
+        sq = _out("Squeeze", [mm], {"squeeze_dims": [1]})
+        grad = _add(grad, _mul(_sub(grad_grad, sq), softmax))
+    return grad
+
+
+@RegisterGradient("SparseSoftmaxCrossEntropyWithLogits")
+def _sparse_xent_grad(op, grad_loss, grad_grad=None):
+    return _xent_logits_grad(op, grad_loss, grad_grad), None
+
+
+@RegisterGradient("SoftmaxCrossEntropyWithLogits")
+def _xent_grad(op, grad_loss, grad_grad=None):
+    grad = _xent_logits_grad(op, grad_loss, grad_grad)
+    neg_log_softmax = _neg(_out("LogSoftmax", [op.inputs[0]]))
+    return grad, _broadcast_mul(grad_loss, neg_log_softmax)
+
+
+@RegisterGradient("L2Loss")
+def _l2_loss_grad(op, grad):
+    return _mul(op.inputs[0], grad)
+
+
+# =============================================================================================
+# Convolutions
+# =============================================================================================
+
+_CONV_ATTRS = ("dilations", "strides", "padding", "explicit_paddings", "use_cudnn_on_gpu",
+               "data_format")
+_DEPTHWISE_ATTRS = ("dilations", "strides", "padding", "explicit_paddings", "data_format")
+
+
+@RegisterGradient("Conv2D")
+def _conv2d_grad(op, grad):
+    attrs = _attrs(op, *_CONV_ATTRS)
+    shapes = _op("ShapeN", [[op.inputs[0], op.inputs[1]]], {"out_type": dtypes.int32}).outputs
+    return [_out("Conv2DBackpropInput", [shapes[0], op.inputs[1], grad], attrs),
+            _out("Conv2DBackpropFilter", [op.inputs[0], shapes[1], grad], attrs)]
+
+
+@RegisterGradient("Conv2DBackpropInput")
+def _conv2d_backprop_input_grad(op, grad):
+    attrs = _attrs(op, *_CONV_ATTRS)
+    return [None,
+            _out("Conv2DBackpropFilter", [grad, _shape(op.inputs[1]), op.inputs[2]], attrs),
+            _out("Conv2D", [grad, op.inputs[1]], attrs)]
+
+
+@RegisterGradient("Conv2DBackpropFilter")
+def _conv2d_backprop_filter_grad(op, grad):
+    attrs = _attrs(op, *_CONV_ATTRS)
+    return [_out("Conv2DBackpropInput", [_shape(op.inputs[0]), grad, op.inputs[2]], attrs),
+            None,
+            _out("Conv2D", [op.inputs[0], grad], attrs)]
+
+
+@RegisterGradient("DepthwiseConv2dNative")
+def _depthwise_grad(op, grad):
+    attrs = _attrs(op, *_DEPTHWISE_ATTRS)
+    return [_out("DepthwiseConv2dNativeBackpropInput",
+                 [_shape(op.inputs[0]), op.inputs[1], grad], attrs),
+            _out("DepthwiseConv2dNativeBackpropFilter",
+                 [op.inputs[0], _shape(op.inputs[1]), grad], attrs)]
+
+
+@RegisterGradient("DepthwiseConv2dNativeBackpropInput")
+def _depthwise_backprop_input_grad(op, grad):
+    attrs = _attrs(op, *_DEPTHWISE_ATTRS)
+    return [None,
+            _out("DepthwiseConv2dNativeBackpropFilter",
+                 [grad, _shape(op.inputs[1]), op.inputs[2]], attrs),
+            _out("DepthwiseConv2dNative", [grad, op.inputs[1]], attrs)]
+
+
+@RegisterGradient("DepthwiseConv2dNativeBackpropFilter")
+def _depthwise_backprop_filter_grad(op, grad):
+    attrs = _attrs(op, *_DEPTHWISE_ATTRS)
+    return [_out("DepthwiseConv2dNativeBackpropInput",
+                 [_shape(op.inputs[0]), grad, op.inputs[2]], attrs),
+            None,
+            _out("DepthwiseConv2dNative", [op.inputs[0], grad], attrs)]
+
+
+# =============================================================================================
+# Pooling
+# =============================================================================================
+
+
+@RegisterGradient("MaxPool")
+def _max_pool_grad(op, grad):
+    attrs = _attrs(op, "ksize", "strides", "padding", "explicit_paddings", "data_format")
+    return _out("MaxPoolGrad", [op.inputs[0], op.outputs[0], grad], attrs)
+
+
+@RegisterGradient("MaxPoolV2")
+def _max_pool_v2_grad(op, grad):
+    attrs = _attrs(op, "padding", "data_format")
+    return (_out("MaxPoolGradV2", [op.inputs[0], op.outputs[0], grad, op.inputs[1],
+                                   op.inputs[2]], attrs), None, None)
+
+
+@RegisterGradient("MaxPoolGrad")
+def _max_pool_grad_grad(op, grad):
+    attrs = _attrs(op, "ksize", "strides", "padding", "data_format")
+    return (_zeros_like(op.inputs[0]), _zeros_like(op.inputs[1]),
+            _out("MaxPoolGradGrad", [op.inputs[0], op.inputs[1], grad], attrs))
+
+
+@RegisterGradient("MaxPoolGradV2")
+def _max_pool_grad_v2_grad(op, grad):
+    attrs = _attrs(op, "padding", "data_format")
+    return (_zeros_like(op.inputs[0]), _zeros_like(op.inputs[1]),
+            _out("MaxPoolGradGradV2", [op.inputs[0], op.inputs[1], grad, op.inputs[3],
+                                       op.inputs[4]], attrs), None, None)
+
+
+@RegisterGradient("MaxPoolGradGrad")
+def _max_pool_grad_grad_grad(op, grad):
+    attrs = _attrs(op, "ksize", "strides", "padding", "data_format")
+    return (_zeros_like(op.inputs[0]), _zeros_like(op.inputs[1]),
+            _out("MaxPoolGrad", [op.inputs[0], op.inputs[1], grad], attrs))
+
+
+@RegisterGradient("AvgPool")
+def _avg_pool_grad(op, grad):
+    attrs = _attrs(op, "ksize", "strides", "padding", "data_format")
+    return _out("AvgPoolGrad", [_shape(op.inputs[0], dtypes.int32), grad], attrs)
+
+
+@RegisterGradient("AvgPoolGrad")
+def _avg_pool_grad_grad(op, grad):
+    attrs = _attrs(op, "ksize", "strides", "padding", "data_format")
+    return (_out("StopGradient", [op.inputs[0]]), _out("AvgPool", [grad], attrs))
+
+
+# =============================================================================================
+# Batch normalization, LRN
+# =============================================================================================
+
+
+def _fused_batch_norm_grad(op, version, *grads):
+    grad_type = {0: "FusedBatchNormGrad", 1: "FusedBatchNormGradV2",
+                 2: "FusedBatchNormGradV3"}[version]
+    x, scale = op.inputs[0], op.inputs[1]
+    grad_y = grads[0]
+    epsilon = op.get_attr("epsilon")
+    data_format = op.get_attr("data_format")
+    is_training = op.get_attr("is_training")
+    if is_training:
+        ins = [grad_y, x, scale, op.outputs[3], op.outputs[4]]
+        if version == 2:
+            ins.append(op.outputs[5])
+        outs = _op(grad_type, ins, {"epsilon": epsilon, "data_format": data_format,
+                                    "is_training": True}).outputs
+        dx = outs[0]
+    else:
+        perm = {b"NCHW": [0, 2, 3, 1], b"NCDHW": [0, 2, 3, 4, 1]}.get(data_format)
+        if perm is not None:
+            x = _out("Transpose", [x, perm], name="transpose")
+            grad_y = _out("Transpose", [grad_y, perm], name="transpose")
+        target = "NHWC" if data_format in (b"NCHW", b"NHWC") else "NDHWC"
+        ins = [grad_y, x, scale, op.inputs[3], op.inputs[4]]
+        if version == 2:
+            ins.append(op.outputs[5])
+        outs = _op(grad_type, ins, {"epsilon": epsilon, "data_format": target,
+                                    "is_training": False}).outputs
+        dx = outs[0]
+        if data_format == b"NCHW":
+            dx = _out("Transpose", [dx, [0, 3, 1, 2]], name="transpose")
+        elif data_format == b"NCDHW":
+            dx = _out("Transpose", [dx, [0, 4, 1, 2, 3]], name="transpose")
+    return dx, outs[1], outs[2], None, None
+
+
+@RegisterGradient("FusedBatchNorm")
+def _fused_batch_norm_v1_grad(op, *grads):
+    return _fused_batch_norm_grad(op, 0, *grads)
+
+
+@RegisterGradient("FusedBatchNormV2")
+def _fused_batch_norm_v2_grad(op, *grads):
+    return _fused_batch_norm_grad(op, 1, *grads)
+
+
+@RegisterGradient("FusedBatchNormV3")
+def _fused_batch_norm_v3_grad(op, *grads):
+    return _fused_batch_norm_grad(op, 2, *grads)
+
+
+@RegisterGradient("LRN")
+def _lrn_grad(op, grad):
+    attrs = _attrs(op, "depth_radius", "bias", "alpha", "beta")
+    return [_out("LRNGrad", [grad, op.inputs[0], op.outputs[0]], attrs)]
+
+
+# =============================================================================================
+# TopK, image resizing
+# =============================================================================================
+
+
+@RegisterGradient("TopK")
+@RegisterGradient("TopKV2")
+def _top_k_grad(op, grad, _unused_indices_grad=None):
+    """Scatter ``grad`` to the positions of the top-k values (TensorFlow's construction)."""
+    in_shape = _shape(op.inputs[0])
+    ind_shape = _shape(op.outputs[1])
+    ind_lastdim = _out("GatherV2", [_cast(ind_shape, dtypes.int64),
+                                    _sub(_size(ind_shape), 1), 0], {"batch_dims": 0})
+    with name_scope(None, "stack", []) as scope:
+        minus_one = constant(-1, dtype=dtypes.int64, name="0")
+        packed = apply_op("Pack", [[minus_one, ind_lastdim]], {"axis": 0},
+                          name=scope).outputs[0]
+    ind_2d = _reshape(op.outputs[1], packed)
+    s1 = op.outputs[1].shape
+    if s1.is_fully_defined() and s1.rank >= 1:
+        lead = int(np.prod(s1.as_list()[:-1])) if s1.rank > 1 else 1
+        ind_2d.set_shape([lead, s1.as_list()[-1]])
+    in_lastdim = _out("GatherV2", [_cast(in_shape, dtypes.int64),
+                                   _sub(_size(in_shape), 1), 0], {"batch_dims": 0})
+    outerdim = _strided_slice_1d(_shape(ind_2d), 0, 1, shrink_axis_mask=1)
+    offsets = _range(0, _mul(_cast(outerdim, dtypes.int64), in_lastdim), in_lastdim)
+    ind = _reshape(_add(ind_2d, _cast(_expand_dims(offsets, -1), dtypes.int32)), [-1])
+    idx = _expand_dims(ind, -1)
+    flat_grad = _reshape(grad, [-1])
+    # reduce_prod over all axes of the (rank-1) shape vector
+    axes = constant(np.arange(1, dtype=np.int32), dtype=dtypes.int32, name="Const")
+    total = _out("Prod", [in_shape, axes], {"keep_dims": False})
+    scattered = _out("ScatterNd", [idx, flat_grad, [total]])
+    return [_reshape(scattered, in_shape), _zeros([], dtypes.int32)]
+
+
+NotDifferentiable("InTopK")
+NotDifferentiable("InTopKV2")
+
+
+@RegisterGradient("ResizeNearestNeighbor")
+def _resize_nearest_neighbor_grad(op, grad):
+    image = op.inputs[0]
+    hw = image.shape[1:3] if image.shape.rank is not None else tensor_shape.unknown_shape(2)
+    attrs = _attrs(op, "align_corners", "half_pixel_centers")
+    if hw.is_fully_defined():
+        size = np.array(hw.as_list(), np.int32)
+    else:
+        size = _strided_slice_1d(_shape(image), 1, 3)
+    return [_out("ResizeNearestNeighborGrad", [grad, size], attrs), None]
+
+
+@RegisterGradient("ResizeBilinear")
+def _resize_bilinear_grad(op, grad):
+    attrs = _attrs(op, "align_corners", "half_pixel_centers")
+    return [_out("ResizeBilinearGrad", [grad, op.inputs[0]], attrs), None]
+
+
+NotDifferentiable("ResizeBilinearGrad")
+
+
+# =============================================================================================
+# Shape functions of the gradient op types
+# =============================================================================================
+
+
+def _merged(*shapes):
+    out = tensor_shape.unknown_shape()
+    for s in shapes:
+        out = out.merge_with(s)
+    return out
+
+
+@si.register("ReluGrad", "Relu6Grad", "EluGrad", "SeluGrad", "LeakyReluGrad",
+             "SoftplusGrad", "SoftsignGrad")
+def _elementwise_grad_shape(op):
+    return [_merged(op.inputs[0].shape, op.inputs[1].shape)]
+
+
+@si.register("PreventGradient")
+def _prevent_gradient_shape(op):
+    return [op.inputs[0].shape]
+
+
+@si.register("BiasAddGrad")
+def _bias_add_grad_shape(op):
+    s = op.inputs[0].shape
+    if s.rank is None:
+        return [tensor_shape.unknown_shape(1)]
+    fmt = _attrs(op, "data_format").get("data_format", b"NHWC")
+    c = s[1] if fmt == b"NCHW" and s.rank >= 3 else s[-1]
+    return [tensor_shape.TensorShape([c])]
+
+
+def _sizes_as_shape(t, rank=4):
+    """A shape-valued input (``input_sizes``, ``orig_input_shape``) as a TensorShape: its
+    constant value, or the shape of the tensor a ``Shape``/``ShapeN`` node reads."""
+    op = t.op
+    if op.type == "ShapeN":
+        return op.inputs[t.value_index].shape
+    s = si.constant_value_as_shape(t)
+    if s.rank is None:
+        return tensor_shape.unknown_shape(rank)
+    return s
+
+
+@si.register("Conv2DBackpropInput", "DepthwiseConv2dNativeBackpropInput")
+def _conv_backprop_input_shape(op):
+    s = _sizes_as_shape(op.inputs[0])
+    dy = op.inputs[2].shape
+    if dy.rank == 4 and s.rank == 4:
+        s = s.merge_with(tensor_shape.TensorShape([dy[0], None, None, None]))
+    return [s]
+
+
+@si.register("Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter")
+def _conv_backprop_filter_shape(op):
+    return [_sizes_as_shape(op.inputs[1])]
+
+
+@si.register("AvgPoolGrad")
+def _avg_pool_grad_shape(op):
+    return [_sizes_as_shape(op.inputs[0])]
+
+
+@si.register("MaxPoolGrad", "MaxPoolGradV2")
+def _max_pool_grad_shape(op):
+    return [op.inputs[0].shape]
+
+
+@si.register("MaxPoolGradGrad", "MaxPoolGradGradV2")
+def _max_pool_grad_grad_shape(op):
+    return [op.inputs[1].shape]
+
+
+@si.register("FusedBatchNormGrad", "FusedBatchNormGradV2", "FusedBatchNormGradV3")
+def _fused_batch_norm_grad_shape(op):
+    x = _merged(op.inputs[0].shape, op.inputs[1].shape)
+    fmt = _attrs(op, "data_format").get("data_format", b"NHWC")
+    c = None
+    if x.rank is not None:
+        c = x[1] if fmt in (b"NCHW", b"NCDHW") else x[-1]
+    cs = tensor_shape.TensorShape([c]).merge_with(op.inputs[2].shape) \
+        if op.inputs[2].shape.rank in (None, 1) else tensor_shape.TensorShape([c])
+    return [x, cs, cs, tensor_shape.TensorShape([0]), tensor_shape.TensorShape([0])]
+
+
+@si.register("LRNGrad")
+def _lrn_grad_shape(op):
+    return [_merged(op.inputs[0].shape, op.inputs[1].shape, op.inputs[2].shape)]
+
+
+@si.register("ResizeBilinearGrad")
+def _resize_bilinear_grad_shape(op):
+    s = op.inputs[1].shape
+    return [s if s.rank is not None else tensor_shape.unknown_shape(4)]
+
+
+@si.register("ResizeNearestNeighborGrad")
+def _resize_nearest_grad_shape(op):
+    g = op.inputs[0].shape
+    n = c = None
+    if g.rank is not None:
+        n, c = g[0], g[3]
+    size = si.constant_value(op.inputs[1])
+    h = w = None
+    if size is not None:
+        h, w = int(size[0]), int(size[1])
+    return [tensor_shape.TensorShape([n, h, w, c])]
+
+
+def _register_if_absent(op_type, fn):
+    if not si.has_shape_fn(op_type):
+        si.register(op_type)(fn)
+
+
+def _shape_n_shape(op):
+    return [tensor_shape.TensorShape([t.shape.rank]) for t in op.inputs]
+
+
+def _top_k_shape(op):
+    s = op.inputs[0].shape
+    k = si.constant_value(op.inputs[1]) if op.type == "TopKV2" else op.get_attr("k")
+    if s.rank is None:
+        return None
+    out = tensor_shape.TensorShape(s.as_list()[:-1] + [None if k is None else int(k)])
+    return [out, out]
+
+
+_register_if_absent("ShapeN", _shape_n_shape)
+_register_if_absent("TopKV2", _top_k_shape)
