@@ -1,5 +1,6 @@
 """``tf.compat.v1.train``: metagraph import/export, the Saver, checkpoint management and the
-checkpoint reader."""
+checkpoint reader; the global step; the optimizers (GradientDescent, Momentum, Adam, RMSProp,
+Adagrad, Adadelta)."""
 
 from mgrt.protos.checkpoint_state_pb2 import CheckpointState
 from mgrt.protos.saver_pb2 import SaverDef
@@ -12,7 +13,16 @@ from mgrt.runtime.saver import (Saver, checkpoint_exists, generate_checkpoint_st
                                 latest_checkpoint, meta_graph_filename, remove_checkpoint,
                                 update_checkpoint_state)
 
+from mgrt.runtime.api.optimizers import (AdadeltaOptimizer, AdagradOptimizer, AdamOptimizer,
+                                         GradientDescentOptimizer, MomentumOptimizer,
+                                         Optimizer, RMSPropOptimizer)
+from mgrt.runtime.api.variable_scope import (assert_global_step, create_global_step,
+                                             get_global_step, get_or_create_global_step)
+
 __all__ = [
+    "AdadeltaOptimizer", "AdagradOptimizer", "AdamOptimizer",
+    "GradientDescentOptimizer", "MomentumOptimizer", "Optimizer", "RMSPropOptimizer",
+    "assert_global_step", "create_global_step", "get_global_step", "get_or_create_global_step",
     "CheckpointState", "NewCheckpointReader", "QueueRunner", "Saver", "SaverDef",
     "checkpoint_exists", "export_meta_graph", "generate_checkpoint_state_proto",
     "get_checkpoint_mtimes", "get_checkpoint_state", "global_step", "import_meta_graph",

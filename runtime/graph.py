@@ -319,8 +319,9 @@ class Operation:
     def _rewrite_node_inputs(self):
         nd = self._node_def
         del nd.input[:]
+        # control inputs sorted by name, as TensorFlow's C++ graph serializes them
         nd.input.extend([t._as_node_def_input() for t in self._inputs] +
-                        ["^" + c.name for c in self._control_inputs])
+                        sorted("^" + c.name for c in self._control_inputs))
 
     def _update_input(self, index, tensor):
         old = self._inputs[index]
@@ -550,7 +551,7 @@ class Graph:
                 if c not in control_inputs:
                     control_inputs.append(c)
         nd.input.extend([t._as_node_def_input() for t in inputs] +
-                        ["^" + c.name for c in control_inputs])
+                        sorted("^" + c.name for c in control_inputs))
         op_defs.validate_node(nd, od)
         out_types = op_defs.output_types(od, nd.attr)
         op = Operation(nd, self, inputs, control_inputs, out_types, od)
@@ -695,8 +696,16 @@ class Graph:
             raise ValueError("Trying to reset colocation (op is None) but "
                              "ignore_existing is not True")
         if op is not None:
-            if hasattr(op, "_as_graph_element") and not isinstance(op, (Tensor, Operation)):
-                op = op._as_graph_element()
+            if not isinstance(op, (Tensor, Operation)):
+                # a variable: its handle (resource) or its ref (VariableV2), as TensorFlow's
+                # _op_to_colocate_with
+                handle = getattr(op, "handle", None)
+                if isinstance(handle, Tensor):
+                    op = handle
+                elif hasattr(op, "_ref"):
+                    op = op._ref()
+                elif hasattr(op, "_as_graph_element"):
+                    op = op._as_graph_element()
             if isinstance(op, Tensor):
                 op = op.op
         saved = self._colocation_stack

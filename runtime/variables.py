@@ -614,7 +614,8 @@ class ResourceVariable(Variable):
         return self._shape
 
     def value(self):
-        return self._read()
+        with self._handle.graph.colocate_with(None, ignore_existing=True):
+            return self._read()
 
     def read_value(self):
         from mgrt.runtime import ops as ops_lib

@@ -6,6 +6,7 @@ default graph), dtypes and shapes, TensorProto conversion, device specs, the pro
 """
 
 from mgrt import errors, train  # noqa: F401
+from mgrt import summary  # noqa: F401,E402
 from mgrt import nn, losses  # noqa: F401,E402
 from mgrt.devices.device_spec import DeviceSpec  # noqa: F401
 from mgrt.protos.attr_value_pb2 import AttrValue, NameAttrList  # noqa: F401
@@ -91,3 +92,18 @@ def disable_eager_execution():
 
 def executing_eagerly():
     return False
+
+
+def _namespace(name, *modules):
+    """A ``tf.<name>`` sub-namespace holding the public functions of ``modules``."""
+    import types
+
+    ns = types.ModuleType(f"mgrt.compat.v1.{name}")
+    for mod in modules:
+        for n in getattr(mod, "__all__", ()):
+            setattr(ns, n, getattr(mod, n))
+    return ns
+
+
+# tf.math: the math functions (TensorFlow keeps a few, like xdivy, only there)
+math = _namespace("math", _api.math_ops)

@@ -144,8 +144,10 @@ def _real_div_grad(op, grad):
 @RegisterGradient("DivNoNan")
 def _div_no_nan_grad(op, grad):
     x, y = op.inputs
-    gx = gi._op1("DivNoNan", [grad, y])
-    gy = gi.mul(grad, gi._op1("DivNoNan", [gi._op1("DivNoNan", [gi.neg(x), y]), y]))
+    # TensorFlow builds these through math_ops.div_no_nan: named ``div_no_nan``
+    gx = gi._op1("DivNoNan", [grad, y], name="div_no_nan")
+    gy = gi.mul(grad, gi._op1("DivNoNan", [gi._op1("DivNoNan", [gi.neg(x), y],
+                                                   name="div_no_nan"), y], name="div_no_nan"))
     return reduce_gradient_args(x, y, gx, gy)
 
 
