@@ -9,3 +9,9 @@ attrs and names, so that a graph built here runs in TensorFlow.
 from mgrt.runtime.api import math_ops  # noqa: F401  (first: Tensor operators)
 from mgrt.runtime.api import array_ops  # noqa: F401
 from mgrt.runtime.api import state_ops  # noqa: F401
+from mgrt.runtime.api import random_ops  # noqa: F401
+from mgrt.runtime.api import init_ops  # noqa: F401
+from mgrt.runtime.api import variable_scope  # noqa: F401
+from mgrt.runtime.api import control_flow_ops  # noqa: F401
+from mgrt.runtime.api import nn_ops  # noqa: F401
+from mgrt.runtime.api import losses  # noqa: F401
