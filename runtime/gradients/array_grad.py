@@ -406,3 +406,15 @@ def _invert_permutation_shape(op):
 
 
 del Tensor
+
+
+@RegisterGradient("DynamicStitch")
+@RegisterGradient("ParallelDynamicStitch")
+def _dynamic_stitch_grad(op, grad):
+    n = len(op.inputs) // 2
+    inputs = [op.inputs[i] if op.inputs[0].dtype.base_dtype == dtypes.int32
+              else gi.cast(op.inputs[i], dtypes.int32) for i in range(n)]
+    if isinstance(grad, IndexedSlices):
+        rows = gi.getitem(gi.shape(op.outputs[0]), 0)
+        grad = gi._op1("UnsortedSegmentSum", [grad.values, grad.indices, rows])
+    return [None] * n + [gi.gather(grad, inp) for inp in inputs]

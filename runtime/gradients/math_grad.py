@@ -631,3 +631,233 @@ def _bga_shape(op):
 @si.register("ListDiff")
 def _list_diff_shape(op):
     return [tensor_shape.TensorShape([None]), tensor_shape.TensorShape([None])]
+
+
+# --- more unary math (TensorFlow's math_grad: the same op types) -----------------------------
+def _one_like(grad):
+    return gi._const(np.array(1).astype(grad.dtype.as_numpy_dtype), dtype=grad.dtype.base_dtype)
+
+
+@RegisterGradient("Tan")
+def _tan_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        x = _conj(op.inputs[0])
+        secx = gi._op1("Reciprocal", [gi._op1("Cos", [x])])
+        return gi.mul(gi._op1("Square", [secx]), grad)
+
+
+@RegisterGradient("Sinh")
+def _sinh_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        return gi.mul(grad, gi._op1("Cosh", [_conj(op.inputs[0])]))
+
+
+@RegisterGradient("Cosh")
+def _cosh_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        return gi.mul(grad, gi._op1("Sinh", [_conj(op.inputs[0])]))
+
+
+def _inv_sqrt_one_minus_square(x, grad):
+    x2 = gi._op1("Square", [x])
+    one = _one_like(grad)
+    return gi._op1("Reciprocal", [gi._op1("Sqrt", [gi.sub(one, x2, name="Sub")])])
+
+
+@RegisterGradient("Asin")
+def _asin_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        inv = _inv_sqrt_one_minus_square(_conj(op.inputs[0]), grad)
+        return gi.mul(grad, inv)
+
+
+@RegisterGradient("Acos")
+def _acos_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        inv = _inv_sqrt_one_minus_square(_conj(op.inputs[0]), grad)
+        return gi.mul(gi.neg(grad), inv)
+
+
+@RegisterGradient("Atan")
+def _atan_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        x2 = gi._op1("Square", [_conj(op.inputs[0])])
+        one = _one_like(grad)
+        inv = gi._op1("Reciprocal", [gi.add(one, x2, name="Add")])
+        return gi.mul(grad, inv)
+
+
+@RegisterGradient("Asinh")
+def _asinh_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        return gi.truediv(grad, gi._op1("Cosh", [_conj(op.outputs[0])]))
+
+
+@RegisterGradient("Acosh")
+def _acosh_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        return gi.truediv(grad, gi._op1("Sinh", [_conj(op.outputs[0])]))
+
+
+@RegisterGradient("Atanh")
+def _atanh_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        x2 = gi._op1("Square", [_conj(op.inputs[0])])
+        one = _one_like(grad)
+        inv = gi._op1("Reciprocal", [gi.sub(one, x2, name="Sub")])
+        return gi.mul(grad, inv)
+
+
+@RegisterGradient("Atan2")
+def _atan2_grad(op, grad):
+    y, x = op.inputs
+    with _g().control_dependencies([grad]):
+        grad_inv = gi.truediv(grad, gi.add(gi._op1("Square", [y]), gi._op1("Square", [x])))
+        gy = gi.mul(x, grad_inv)
+        gx = gi.mul(gi.neg(y), grad_inv)
+        return reduce_gradient_args(y, x, gy, gx)
+
+
+@RegisterGradient("Erfc")
+def _erfc_grad(op, grad):
+    c = gi._const(np.array(-2 / np.sqrt(np.pi)).astype(grad.dtype.as_numpy_dtype),
+                  dtype=grad.dtype.base_dtype)
+    with _g().control_dependencies([grad]):
+        x = _conj(op.inputs[0])
+        return gi.mul(gi.mul(grad, c), gi._op1("Exp", [gi.neg(gi._op1("Square", [x]))]))
+
+
+@RegisterGradient("Lgamma")
+def _lgamma_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        return gi.mul(grad, gi._op1("Digamma", [_conj(op.inputs[0])]))
+
+
+# --- x*log(y) family: TensorFlow always builds BroadcastGradientArgs here ----------------------
+def _xlog_family_grad(op, grad, partial_x_op, partial_y_fn):
+    x, y = op.inputs
+    sx, sy = gi.shape(x), gi.shape(y)
+    rx, ry = gi._op("BroadcastGradientArgs", [sx, sy]).outputs
+    with _g().control_dependencies([grad]):
+        not_zero_x = gi.cast(gi._op1("NotEqual", [x, gi.cast(0.0, x.dtype.base_dtype)],
+                                     name="NotEqual"), x.dtype.base_dtype)
+        partial_x = gi._op1(partial_x_op, [not_zero_x, y])
+        partial_y = partial_y_fn(x, y)
+        return (gi.reshape(gi.reduce_sum(gi.mul(partial_x, grad), rx), sx),
+                gi.reshape(gi.reduce_sum(gi.mul(partial_y, grad), ry), sy))
+
+
+@RegisterGradient("Xlogy")
+def _xlogy_grad(op, grad):
+    return _xlog_family_grad(op, grad, "Xlogy", lambda x, y: gi._op1("Xdivy", [x, y]))
+
+
+@RegisterGradient("Xdivy")
+def _xdivy_grad(op, grad):
+    return _xlog_family_grad(op, grad, "Xdivy", lambda x, y: gi._op1(
+        "Xdivy", [gi.neg(x), gi.pow_(y, 2)]))
+
+
+@RegisterGradient("Xlog1py")
+def _xlog1py_grad(op, grad):
+    return _xlog_family_grad(op, grad, "Xlog1py", lambda x, y: gi._op1(
+        "Xdivy", [x, gi.add(y, 1.0)]))
+
+
+# --- second-order: the gradients of the *Grad ops ----------------------------------------------
+@RegisterGradient("SigmoidGrad")
+def _sigmoid_grad_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        a, b = _conj(op.inputs[0]), _conj(op.inputs[1])
+        gb = gi.mul(grad, b)
+        return gi.sub(gb, gi.mul(gi.mul(2.0, gb), a)), gi._op1("SigmoidGrad", [a, grad])
+
+
+@RegisterGradient("TanhGrad")
+def _tanh_grad_grad(op, grad):
+    with _g().control_dependencies([grad]):
+        a, b = _conj(op.inputs[0]), _conj(op.inputs[1])
+        return gi.mul(gi.mul(gi.mul(grad, -2.0), b), a), gi._op1("TanhGrad", [a, grad])
+
+
+@RegisterGradient("SqrtGrad")
+def _sqrt_grad_grad(op, grad):
+    a = op.inputs[0]
+    y = op.outputs[0]
+    with _g().control_dependencies([grad]):
+        ga = gi.truediv(grad, a)
+        return gi.mul(gi.neg(_conj(ga)), y), gi.mul(0.5, ga)
+
+
+@RegisterGradient("RsqrtGrad")
+def _rsqrt_grad_grad(op, grad):
+    a, b = op.inputs
+    with _g().control_dependencies([grad]):
+        ca, cg = _conj(a), _conj(grad)
+        grad_a = gi.mul(gi.mul(gi.mul(-1.5, cg), b), gi._op1("Square", [ca]))
+        return grad_a, gi._op1("RsqrtGrad", [ca, grad])
+
+
+@RegisterGradient("ReciprocalGrad")
+@RegisterGradient("InvGrad")
+def _reciprocal_grad_grad(op, grad):
+    b = op.inputs[1]
+    with _g().control_dependencies([grad]):
+        ca, cg = _conj(op.inputs[0]), _conj(grad)
+        return gi.mul(gi.mul(gi.mul(cg, -2.0), b), ca), gi._op1("ReciprocalGrad", [ca, grad])
+
+
+@RegisterGradient("Cumprod")
+def _cumprod_grad(op, grad):
+    x, axis = op.inputs
+    excl, rev = op.get_attr("exclusive"), op.get_attr("reverse")
+    prod = gi._op1("Cumprod", [x, axis], {"exclusive": excl, "reverse": rev})
+    out = gi._op1("Cumsum", [gi.mul(prod, grad), axis], {"exclusive": excl, "reverse": not rev})
+    return [gi._op1("DivNoNan", [out, x], name="div_no_nan"), None]
+
+
+@RegisterGradient("EuclideanNorm")
+def _euclidean_norm_grad(op, grad):
+    output = op.outputs[0]
+    if not op.get_attr("keep_dims"):
+        kept = gi.reduced_shape(gi.shape(op.inputs[0]), op.inputs[1])
+        output = gi.reshape(output, kept)
+        grad = gi.reshape(grad, kept)
+    return gi.truediv(op.inputs[0], gi.truediv(output, grad)), None
+
+
+# --- segment reductions ------------------------------------------------------------------------
+@RegisterGradient("SegmentSum")
+def _segment_sum_grad(op, grad):
+    return gi.gather(grad, op.inputs[1]), None
+
+
+def _gather_drop_negatives(params, ids):
+    """TensorFlow's ``_GatherDropNegatives``: gathers params at max(ids, 0) and zeros the rows
+    of negative ids."""
+    clipped = gi.maximum(ids, gi.zeros_like(ids))
+    gathered = gi.gather(params, clipped)
+    is_positive = gi.greater_equal(ids, 0)
+    is_positive_shape = gi.shape(is_positive)
+    n = gi.sub(gi.rank(gathered), gi.rank(is_positive))
+    with name_scope(None, "ones", []) as scope:
+        dims = gi._op1("Pack", [[n]], {"axis": 0}, name="packed")
+        ones = gi.fill(dims, gi._const(1, dtype=is_positive_shape.dtype.base_dtype), name=scope)
+    broadcastable = gi.concat([is_positive_shape, ones], 0)
+    is_positive = gi.reshape(is_positive, broadcastable)
+    with name_scope(None, "ones_like", [gathered]) as scope:
+        gshape = _shape_tuple(gathered)
+        if gshape is not None and None not in gshape:
+            dims = gi._const(np.array(gshape, dtype=np.int32), dtype=dtypes.int32,
+                             name="Shape/shape_as_tensor")
+        else:
+            dims = gi.shape(gathered)
+        all_true = gi.fill(dims, gi._const(True, dtype=dtypes.bool), name=scope)
+    is_positive = gi._op1("LogicalAnd", [is_positive, all_true], name="and")
+    zero_slice = gi.zeros_like(gathered)
+    return gi.where_v2(is_positive, gathered, zero_slice)
+
+
+@RegisterGradient("UnsortedSegmentSum")
+def _unsorted_segment_sum_grad(op, grad):
+    return _gather_drop_negatives(grad, op.inputs[1]), None, None
