@@ -16,7 +16,11 @@ Semantics are TensorFlow's CPU kernels' (checked against recordings of TensorFlo
   gradient is, per phase of the stride (input rows = a mod stride), a stride-1 convolution of
   out_backprop with that phase's filter taps flipped and transposed; with fewer than 8 input
   channels it is col2im instead (filter matrix times out_backprop, scattered back per tap
-  over channel planes). Depthwise convolutions (no reduction over channels) and pooling are
+  over channel planes). Stride-1 convolutions whose window rows are short (kw * C <= 16: one
+  or two input channels) go over "wide rows" instead (forward and filter gradient): the
+  zero-padded input as channel planes, every position of the padded width computed (the extra
+  columns dropped, or multiplied by zeros), so the patch matrix is a copy of long runs.
+  Depthwise convolutions (no reduction over channels) and pooling are
   elementwise passes per window tap over strided views, by cache-sized blocks of output rows
   (optionally on worker threads: MGRT_CONV_THREADS, see "window taps" below).
   Output sizes, SAME padding (the extra row/column goes after) and the "Computed output size
@@ -355,6 +359,117 @@ def _rows(a, nchw, b0, b1, r0, r1):
     return v.reshape(b1 - b0, (r1 - r0) * a.shape[2], a.shape[3])
 
 
+# --- stride-1 convolutions over wide rows (few input channels) ---------------------------------
+# With few input channels the im2col copy above moves runs of only kw * C elements (5 for a
+# 5x5 filter over one channel), and numpy's per-run cost dominates. A stride-1 convolution
+# instead reads the zero-padded input as channel planes (C, N, Hp * Wp) and computes every
+# output position of the *padded* width Wp: the window tap (i, j) of output position q (row
+# r, column w < Wp) is plane element q + i * dh * Wp + j * dw, so the (taps x positions)
+# patch matrix of a block of rows is one strided view with runs of (rows * Wp) elements, and
+# its copy is a handful of long moves. Columns w >= ow are computed and dropped (forward), or
+# multiply zeros of a widened out_backprop (filter gradient); (Wp / ow - 1) more FLOPs, in a
+# matmul that is the same one BLAS call.
+_WIDE_MAX_ROW = 16           # window rows of at most this many elements (kw * C) go wide
+_WIDE_CHUNK_BYTES = 1 << 20  # patch matrix per chunk (cache-sized)
+
+
+def _wide_ok(geo, kw, c):
+    sh, sw, dh, dw, oh, ow, pt, pb, pl, pr = geo
+    return (sh == sw == 1 and kw * c <= _WIDE_MAX_ROW and min(pt, pb, pl, pr) >= 0
+            and oh > 0 and ow > 0)
+
+
+def _wide_planes(x, nchw, geo, kh, kw, cd):
+    """(planes, wp): ``x`` zero-padded as channel planes (C, N, Hp * Wp + tail) in ``cd``; the
+    tail (zeros) is what the last positions' windows read past the last row. None where the
+    geometry is not the stride-1 one (the caller takes the im2col path)."""
+    sh, sw, dh, dw, oh, ow, pt, pb, pl, pr = geo
+    xc = x.transpose(1, 0, 2, 3) if nchw else x.transpose(3, 0, 1, 2)  # (C, N, H, W) view
+    c, n, h, w = xc.shape
+    hp, wp = h + pt + pb, w + pl + pr
+    if oh != hp - (kh - 1) * dh or ow != wp - (kw - 1) * dw:
+        return None
+    planes = np.zeros((c, n, hp * wp + (kw - 1) * dw), cd)
+    planes[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, pt:pt + h, pl:pl + w] = xc
+    return planes, wp
+
+
+def _wide_chunks(n, oh, wp, k, cd):
+    return _chunks(n, oh, wp, k * np.dtype(cd).itemsize, 0,
+                   max(_MIN_CHUNK_PIXELS, _WIDE_CHUNK_BYTES // (k * np.dtype(cd).itemsize)))
+
+
+def _wide_cols(planes, wp, kh, kw, dh, dw, b0, b1, r0, r1, buf):
+    """The patch matrix (kh * kw * C, positions) of rows r0:r1 of images b0:b1 (every column of
+    the padded width), copied into ``buf``."""
+    c = planes.shape[0]
+    nb, m = b1 - b0, (r1 - r0) * wp
+    cols = buf[:kh * kw * c * nb * m].reshape(kh, kw, c, nb, m)
+    sc, sn, e = planes.strides
+    src = planes[:, b0:b1, r0 * wp:]
+    np.copyto(cols, as_strided(src, cols.shape, (dh * wp * e, dw * e, sc, sn, e),
+                               writeable=False))
+    return cols.reshape(kh * kw * c, nb * m)
+
+
+def _conv_wide(x, nchw, fm, kh, kw, geo, cd, y):
+    """Forward stride-1 convolution over wide rows into ``y``; False where not applicable."""
+    got = _wide_planes(x, nchw, geo, kh, kw, cd)
+    if got is None:
+        return False
+    planes, wp = got
+    n = x.shape[0]
+    k, co = fm.shape
+    oh, ow = geo[4], geo[5]
+    chunks = _wide_chunks(n, oh, wp, k, cd)
+    buf = _scratch(chunks, wp, k, cd)
+    tmp = _scratch(chunks, wp, co, cd)
+    fmt = fm.T
+    for b0, b1, r0, r1 in chunks:
+        nb, rows = b1 - b0, r1 - r0
+        cols = _wide_cols(planes, wp, kh, kw, geo[2], geo[3], b0, b1, r0, r1, buf)
+        m = nb * rows * wp
+        if nchw:  # (O, K) @ (K, positions): rows of output planes
+            t = np.matmul(fmt, cols, out=tmp[:m * co].reshape(co, m))
+            y[b0:b1, :, r0:r1, :] = t.reshape(co, nb, rows, wp)[:, :, :, :ow].transpose(1, 0, 2, 3)
+        else:
+            t = np.matmul(cols.T, fm, out=tmp[:m * co].reshape(m, co))
+            y[b0:b1, r0:r1] = t.reshape(nb, rows, wp, co)[:, :, :ow]
+    return True
+
+
+def _conv_filter_grad_wide(x, nchw, dy, kh, kw, geo, cd):
+    """Filter gradient (kh * kw * C, O) of a stride-1 convolution over wide rows: per chunk the
+    patch matrix times out_backprop widened to Wp columns with zeros; None where not
+    applicable, or where ``x`` holds inf or NaN (a dropped column's inf * 0 would be NaN)."""
+    got = _wide_planes(x, nchw, geo, kh, kw, cd)
+    if got is None:
+        return None
+    planes, wp = got
+    if cd.kind == "f" and not np.isfinite(planes.sum()):
+        return None
+    n = x.shape[0]
+    c = planes.shape[0]
+    co = dy.shape[1] if nchw else dy.shape[3]
+    k = kh * kw * c
+    oh, ow = geo[4], geo[5]
+    chunks = _wide_chunks(n, oh, wp, k, cd)
+    buf = _scratch(chunks, wp, k, cd)
+    acc = np.zeros((co, k) if nchw else (k, co), cd)
+    for b0, b1, r0, r1 in chunks:
+        nb, rows = b1 - b0, r1 - r0
+        cols = _wide_cols(planes, wp, kh, kw, geo[2], geo[3], b0, b1, r0, r1, buf)
+        if nchw:  # (O, positions) @ (positions, K)
+            d = np.zeros((co, nb, rows, wp), cd)
+            d[:, :, :, :ow] = dy[b0:b1, :, r0:r1].transpose(1, 0, 2, 3)
+            acc += d.reshape(co, -1) @ cols.T
+        else:
+            d = np.zeros((nb, rows, wp, co), cd)
+            d[:, :, :ow] = dy[b0:b1, r0:r1]
+            acc += cols @ d.reshape(-1, co)
+    return acc.T if nchw else acc
+
+
 def _conv_core(x, nchw, fm, kh, kw, geo, cd):
     """One-group convolution of ``x`` (NCHW when ``nchw``, else NHWC) with the (kh * kw * C, O)
     filter matrix ``fm`` (dtype ``cd``); geo = (sh, sw, dh, dw, oh, ow, pt, pb, pl, pr).
@@ -375,6 +490,8 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd):
             np.matmul(fm.T, xc.reshape(n, c, oh * ow), out=y.reshape(n, co, oh * ow))
         else:
             np.matmul(xc.reshape(n * oh * ow, c), fm, out=y.reshape(n * oh * ow, co))
+        return y
+    if _wide_ok(geo, kw, c) and _conv_wide(x, nchw, fm, kh, kw, geo, cd, y):
         return y
     xp = _nhwc_input(x, nchw, (pt, pb, pl, pr), cd)
     p = _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow)
@@ -422,6 +539,10 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
         for p in range(0, x2.shape[0], _FILTER_GRAD_PIXELS):
             acc += x2[p:p + _FILTER_GRAD_PIXELS].T @ d2[p:p + _FILTER_GRAD_PIXELS]
         return acc.reshape(1, 1, c, co)
+    if _wide_ok(geo, kw, c):
+        df = _conv_filter_grad_wide(x, nchw, dyc, kh, kw, geo, cd)
+        if df is not None:
+            return np.ascontiguousarray(df).reshape(kh, kw, c, co)
     xp = _nhwc_input(x, nchw, (pt, pb, pl, pr), cd)
     p = _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow)
     chunks = _chunks(n, oh, ow, k * np.dtype(cd).itemsize, xp.nbytes + dyc.nbytes,
@@ -1265,7 +1386,10 @@ def _row_bytes(taps, in_w, c, out_itemsize, in_itemsize):
 def _has_negative_zero(a):
     """Whether float array ``a`` holds a -0.0 (the bit pattern of the signed integer minimum)."""
     it = np.dtype(f"i{a.dtype.itemsize}")
-    return bool(np.equal(a.view(it), np.iinfo(it).min).any())
+    if a.size == 0:
+        return False
+    # -0.0 is the only float whose bits are the integer minimum: one min-reduction, no mask
+    return bool(a.view(it).min() == np.iinfo(it).min)
 
 
 def _pool_reduce(x, taps, op, init, c, post):

@@ -85,6 +85,37 @@ def _bias_channel_axis(ndim, nchw):
     return 1 if nchw else ndim - 1  # for a 2-D input both are the last axis
 
 
+# Elementwise passes over a contiguous array with a short operand broadcast along it (a bias of C
+# values, a zero): numpy's loop then runs C elements at a time (or takes its slower scalar path),
+# several times slower than over two long rows. The array is viewed as rows of _WIDE_ROW
+# elements (a multiple of C dividing its size) and the short operand repeated to one such row.
+_WIDE_ROW = 8192
+_WIDE_MIN_SIZE = 1 << 15
+
+
+_wide_row_cache = {}
+
+
+def _wide_rows(size, c):
+    """The row length (a multiple of ``c`` that divides ``size``, at most _WIDE_ROW) for viewing
+    a contiguous array of ``size`` elements as rows; 0 where the array is small or no row of at
+    least 256 elements fits. Cached by (size, c): a plan's kernels see the same shapes."""
+    if size < _WIDE_MIN_SIZE or c <= 0 or size % c:
+        return 0
+    key = (size, c)
+    row = _wide_row_cache.get(key)
+    if row is None:
+        rows = size // c
+        d = min(rows, _WIDE_ROW // c)
+        while d > 1 and rows % d:
+            d -= 1
+        row = d * c if d * c >= 256 else 0
+        if len(_wide_row_cache) > 4096:
+            _wide_row_cache.clear()
+        _wide_row_cache[key] = row
+    return row
+
+
 @register(["BiasAdd", "BiasAddV1"], "CPU", type_constraints={"T": _NUM_T})
 def _bias_add(node, ctx):
     nchw = node.op == "BiasAdd" and node.attr("data_format", b"NHWC") == b"NCHW"
@@ -101,6 +132,13 @@ def _bias_add(node, ctx):
                        f"{_shape_str(bias.shape)} vs. {_shape_str(value.shape)}")
         if axis != value.ndim - 1:
             bias = bias.reshape((-1,) + (1,) * (value.ndim - 2))
+        elif value.dtype == bias.dtype and value.flags.c_contiguous:
+            row = _wide_rows(value.size, bias.shape[0])
+            if row:  # rows of `row` elements plus the bias repeated to a row (same sums)
+                tiled = np.tile(bias, row // bias.shape[0])
+                with np.errstate(invalid="ignore", over="ignore"):
+                    out = np.add(value.reshape(-1, row), tiled)
+                return (out.reshape(value.shape),)
         if quiet:
             with np.errstate(invalid="ignore", over="ignore"):
                 return (np.add(value, bias),)
@@ -158,8 +196,13 @@ def _nd(r, dt):
 def _relu(node, ctx):
     dt = _out(node)
     zero = dt.type(0)
+    zeros = np.zeros(_WIDE_ROW, dt) if dt.kind == "f" and dt.itemsize >= 4 else None
 
     def run(x):
+        if zeros is not None and x.dtype == dt and x.flags.c_contiguous:
+            row = _wide_rows(x.size, 1)
+            if row:  # np.maximum against a zero scalar is numpy's slow path; a zero row is not
+                return (np.maximum(x.reshape(-1, row), zeros[:row]).reshape(x.shape),)
         return (_nd(np.maximum(x, zero), dt),)
 
     return run
