@@ -15,8 +15,9 @@ say more than "unknown". ``infer`` merges the result into the shapes the op alre
 function proves (a MatMul of [2, 3] by [4, 5]) raises ValueError naming the node, as
 TensorFlow's ``Dimensions must be equal`` does, at build time.
 
-The functions live next to the building functions of their op family (``runtime/api/``); they
-are loaded on the first inference. ``constant_value`` is TensorFlow's
+The functions live next to the building functions of their op family (``runtime/api/``), and
+those of gradient op types next to the gradient functions (``runtime/gradients/``); all are
+loaded on the first inference, so a shape never depends on which module was imported first. ``constant_value`` is TensorFlow's
 ``tensor_util.constant_value``: the value of a tensor when it is known at build time.
 """
 
@@ -41,6 +42,9 @@ def _load():
     if not _loaded:
         _loaded = True
         import mgrt.runtime.api  # noqa: F401  (registers the shape functions)
+        from mgrt.runtime import gradients
+
+        gradients._load()  # and those of the gradient op types (ReluGrad, Conv2DBackprop*...)
 
 
 def has_shape_fn(op_type):

@@ -86,6 +86,22 @@ class Variable:
                 cls = ResourceVariable if use_resource else RefVariable
         return object.__new__(cls)  # Python then calls cls.__init__
 
+    def __init__(self, initial_value=None, trainable=None, collections=None,
+                 validate_shape=True, caching_device=None, name=None, variable_def=None,
+                 dtype=None, expected_shape=None, import_scope=None, constraint=None,
+                 use_resource=None, synchronization=None, aggregation=None, shape=None,
+                 graph=None):
+        if isinstance(initial_value, variable_pb2.VariableDef):
+            variable_def, initial_value = initial_value, None
+        if variable_def is not None:
+            if initial_value is not None:
+                raise ValueError("variable_def and initial_value are mutually exclusive.")
+            self._init_from_proto(variable_def, import_scope,
+                                  graph or graph_lib.get_default_graph())
+            return
+        self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
+                           shape, constraint, self._kind)
+
     def _build_common(self, initial_value, trainable, collections, validate_shape, name, dtype,
                       shape, constraint, kind):
         from mgrt.runtime import ops as ops_lib
@@ -392,22 +408,11 @@ def _element(graph, name, import_scope, operation=False):
 class RefVariable(Variable):
     """A TF1 reference variable (VariableV2)."""
 
-    def __init__(self, initial_value=None, trainable=None, collections=None,
-                 validate_shape=True, caching_device=None, name=None, variable_def=None,
-                 dtype=None, expected_shape=None, import_scope=None, constraint=None,
-                 use_resource=None, synchronization=None, aggregation=None, shape=None,
-                 graph=None):
-        if isinstance(initial_value, variable_pb2.VariableDef):
-            variable_def, initial_value = initial_value, None
-        if variable_def is not None:
-            if initial_value is not None:
-                raise ValueError("variable_def and initial_value are mutually exclusive.")
-            g = graph or graph_lib.get_default_graph()
-            self._init_common(variable_def, import_scope, g)
-            self._snapshot = _element(g, variable_def.snapshot_name, import_scope)
-            return
-        self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
-                           shape, constraint, "ref")
+    _kind = "ref"
+
+    def _init_from_proto(self, variable_def, import_scope, g):
+        self._init_common(variable_def, import_scope, g)
+        self._snapshot = _element(g, variable_def.snapshot_name, import_scope)
 
     def _build_variable_node(self, g, scope, true_name, initial_value, shape, validate_shape):
         from mgrt.runtime import ops as ops_lib
@@ -498,29 +503,18 @@ class ResourceVariable(Variable):
 
     _is_resource = True
 
-    def __init__(self, initial_value=None, trainable=None, collections=None,
-                 validate_shape=True, caching_device=None, name=None, variable_def=None,
-                 dtype=None, expected_shape=None, import_scope=None, constraint=None,
-                 use_resource=None, synchronization=None, aggregation=None, shape=None,
-                 graph=None):
-        if isinstance(initial_value, variable_pb2.VariableDef):
-            variable_def, initial_value = initial_value, None
-        if variable_def is not None:
-            if initial_value is not None:
-                raise ValueError("variable_def and initial_value are mutually exclusive.")
-            g = graph or graph_lib.get_default_graph()
-            self._init_common(variable_def, import_scope, g)
-            self._handle = self._variable_tensor
-            if variable_def.snapshot_name:
-                self._graph_element = _element(g, variable_def.snapshot_name, import_scope)
-            else:
-                self._graph_element = None
-            op = self._handle.op
-            self._dtype = dtypes.as_dtype(op.get_attr("dtype"))
-            self._shape = tensor_shape.TensorShape(op.get_attr("shape"))
-            return
-        self._build_common(initial_value, trainable, collections, validate_shape, name, dtype,
-                           shape, constraint, "resource")
+    _kind = "resource"
+
+    def _init_from_proto(self, variable_def, import_scope, g):
+        self._init_common(variable_def, import_scope, g)
+        self._handle = self._variable_tensor
+        if variable_def.snapshot_name:
+            self._graph_element = _element(g, variable_def.snapshot_name, import_scope)
+        else:
+            self._graph_element = None
+        op = self._handle.op
+        self._dtype = dtypes.as_dtype(op.get_attr("dtype"))
+        self._shape = tensor_shape.TensorShape(op.get_attr("shape"))
 
     def _build_variable_node(self, g, scope, true_name, initial_value, shape, validate_shape):
         from mgrt.runtime import ops as ops_lib

@@ -777,25 +777,3 @@ def _resize_nearest_grad_shape(op):
     if size is not None:
         h, w = int(size[0]), int(size[1])
     return [tensor_shape.TensorShape([n, h, w, c])]
-
-
-def _register_if_absent(op_type, fn):
-    if not si.has_shape_fn(op_type):
-        si.register(op_type)(fn)
-
-
-def _shape_n_shape(op):
-    return [tensor_shape.TensorShape([t.shape.rank]) for t in op.inputs]
-
-
-def _top_k_shape(op):
-    s = op.inputs[0].shape
-    k = si.constant_value(op.inputs[1]) if op.type == "TopKV2" else op.get_attr("k")
-    if s.rank is None:
-        return None
-    out = tensor_shape.TensorShape(s.as_list()[:-1] + [None if k is None else int(k)])
-    return [out, out]
-
-
-_register_if_absent("ShapeN", _shape_n_shape)
-_register_if_absent("TopKV2", _top_k_shape)
