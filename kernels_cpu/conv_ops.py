@@ -88,7 +88,7 @@ from numpy.lib.stride_tricks import as_strided
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InvalidArgumentError, UnimplementedError
 from mgrt.runtime.kernel_registry import register
-from mgrt.kernels_cpu import _jit
+from mgrt.kernels_cpu import _jit, _team
 from mgrt.kernels_cpu._dtypes import (BF16 as _BF16, F16 as _F16, F32 as _F32,  # noqa: F401
                                       F64 as _F64, FLOAT_T as _FLOAT_T, HALF_T as _HALF_T,
                                       INDEX_T as _INDEX_T, INT_T as _INT_T, LOW as _LOW,
@@ -303,17 +303,30 @@ _PHASES_MIN_C = 8
 # O) product whose BLAS threads stall badly on a busy machine when the pixels are many, so
 # its chunks are kept to this many pixels (still efficient).
 _FILTER_GRAD_PIXELS = 2048
+# Thread teams (_team.py): chunks of about a core's L2 (the patch matrix is built and consumed
+# there), a few per thread so a busy core does not hold the others up; convolutions under
+# _TEAM_MIN_FLOPS stay on the calling thread (handing chunks over costs tens of microseconds).
+_TEAM_CHUNK_BYTES = 1 << 20
+_TEAM_CHUNKS_PER_THREAD = 4
+_TEAM_MIN_FLOPS = 8e6
 
 
-def _chunks(n, oh, ow, pixel_bytes, data_bytes, max_pixels=None):
+def _chunks(n, oh, ow, pixel_bytes, data_bytes, max_pixels=None, team=1):
     """Blocks (b0, b1, r0, r1) of ``n`` images of ``oh`` output rows of ``ow`` pixels, each
     needing ``pixel_bytes`` of scratch per pixel; a chunk's scratch is at most twice the op's
     input and output (``data_bytes``), within [_CHUNK_MIN_BYTES, _CHUNK_BYTES], and it has at
-    most ``max_pixels`` pixels. Whole images where one fits, else rows of one image."""
+    most ``max_pixels`` pixels. Whole images where one fits, else rows of one image. For a
+    ``team`` of threads (_team.py) chunks are per-core-cache sized (_TEAM_CHUNK_BYTES) and at
+    least _TEAM_CHUNKS_PER_THREAD per thread where the pixels allow."""
     cap = min(_CHUNK_BYTES, max(_CHUNK_MIN_BYTES, 2 * data_bytes))
+    if team > 1:
+        cap = _TEAM_CHUNK_BYTES
     pix = max(_MIN_CHUNK_PIXELS, cap // max(pixel_bytes, 1))
     if max_pixels:
         pix = min(pix, max_pixels)
+    if team > 1:
+        pix = min(pix, max(_MIN_CHUNK_PIXELS // 4,
+                           -(-n * oh * ow // (team * _TEAM_CHUNKS_PER_THREAD))))
     rows = max(1, pix // max(ow, 1))
     if rows >= oh:
         nb = max(1, rows // max(oh, 1))
@@ -321,10 +334,30 @@ def _chunks(n, oh, ow, pixel_bytes, data_bytes, max_pixels=None):
     return [(b, b + 1, r, min(oh, r + rows)) for b in range(n) for r in range(0, oh, rows)]
 
 
+def _team_for(flops):
+    """Threads for a chunked convolution of ``flops`` multiply-adds (x2): a team (_team.py)
+    when the work is worth the hand-over, else 1 (the calling thread, BLAS as it is)."""
+    return _team.team_size() if flops >= _TEAM_MIN_FLOPS else 1
+
+
+def _sum_parts(parts):
+    """The threads' partial sums (tid -> array) added in thread order."""
+    acc = None
+    for tid in sorted(parts):
+        acc = parts[tid] if acc is None else acc + parts[tid]
+    return acc
+
+
 def _scratch(chunks, ow, per_pixel, dt):
     """One flat buffer big enough for the largest chunk."""
     most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * ow
     return np.empty(most * per_pixel, dt)
+
+
+def _team_scratch(chunks, ow, per_pixel, dt):
+    """Per-thread flat buffers big enough for the largest chunk (``.get(tid)``)."""
+    most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * ow
+    return _team.Scratch(most * per_pixel, dt)
 
 
 def _padded_copy(x, pt, pb, pl, pr, dt, value=0):
@@ -503,21 +536,25 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd):
         return y
     xp = _nhwc_input(x, nchw, (pt, pb, pl, pr), cd)
     p = _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+    team = _team_for(2.0 * y.size * k)
     chunks = _chunks(n, oh, ow, (k + (co if nchw else 0)) * np.dtype(cd).itemsize,
-                     xp.nbytes + y.nbytes)
-    buf = _scratch(chunks, ow, k, cd)
-    tmp = _scratch(chunks, ow, co, cd) if nchw else None
-    for b0, b1, r0, r1 in chunks:
+                     xp.nbytes + y.nbytes, None, team)
+    bufs = _team_scratch(chunks, ow, k, cd)
+    tmps = _team_scratch(chunks, ow, co, cd) if nchw else None
+
+    def chunk(ch, tid):
+        b0, b1, r0, r1 = ch
         nb, rows = b1 - b0, r1 - r0
         m = nb * rows * ow
-        cols = buf[:m * k].reshape(nb, rows, ow, kh, kw, c)
+        cols = bufs.get(tid)[:m * k].reshape(nb, rows, ow, kh, kw, c)
         np.copyto(cols, p[b0:b1, r0:r1])
         cols = cols.reshape(m, k)
         if nchw:  # NHWC rows (the faster matmul orientation), then transposed into place
-            t = np.matmul(cols, fm, out=tmp[:m * co].reshape(m, co))
+            t = np.matmul(cols, fm, out=tmps.get(tid)[:m * co].reshape(m, co))
             y[b0:b1, :, r0:r1, :] = t.reshape(nb, rows, ow, co).transpose(0, 3, 1, 2)
         else:
             np.matmul(cols, fm, out=_rows(y, False, b0, b1, r0, r1).reshape(m, co))
+    _team.run(chunk, chunks, team)
     return y
 
 
@@ -553,20 +590,27 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
             return np.ascontiguousarray(df).reshape(kh, kw, c, co)
     xp = _nhwc_input(x, nchw, (pt, pb, pl, pr), cd)
     p = _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+    team = _team_for(2.0 * n * oh * ow * k * co)
     chunks = _chunks(n, oh, ow, k * np.dtype(cd).itemsize, xp.nbytes + dyc.nbytes,
-                     _FILTER_GRAD_PIXELS)
-    buf = _scratch(chunks, ow, k, cd)
-    acc = np.zeros((k, co), cd)
-    for b0, b1, r0, r1 in chunks:
+                     _FILTER_GRAD_PIXELS, team)
+    bufs = _team_scratch(chunks, ow, k, cd)
+    accs = {}
+
+    def chunk(ch, tid):
+        b0, b1, r0, r1 = ch
         nb, rows = b1 - b0, r1 - r0
-        cols = buf[:nb * rows * ow * k].reshape(nb, rows, ow, kh, kw, c)
+        cols = bufs.get(tid)[:nb * rows * ow * k].reshape(nb, rows, ow, kh, kw, c)
         np.copyto(cols, p[b0:b1, r0:r1])
         cols = cols.reshape(nb, rows * ow, k)
         d = _rows(dyc, nchw, b0, b1, r0, r1)
         if nchw:  # the chunk's out_backprop as NHWC rows (a small copy)
             d = d.transpose(0, 2, 1).copy()
+        acc = accs.get(tid)
+        if acc is None:
+            acc = accs[tid] = np.zeros((k, co), cd)
         acc += cols.reshape(-1, k).T @ d.reshape(-1, co)
-    return acc.reshape(kh, kw, c, co)
+    _team.run(chunk, chunks, team)
+    return _sum_parts(accs).reshape(kh, kw, c, co)
 
 
 def _phase_taps(k, d, s, pad, a):

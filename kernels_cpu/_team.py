@@ -1,0 +1,154 @@
+"""Intra-op parallelism for CPU kernels made of many independent BLAS calls (the chunked
+convolutions of conv_ops.py).
+
+A convolution's im2col matmuls are skinny (N = output channels, often 16 or 32): BLAS's own
+threads split each call and synchronize after it, and its packing of the patch matrix is paid
+per call. Measured on the 2-core benchmark machine (bench/README.md), the CNN's 5x5x16->32
+convolution runs at 55-65 GFLOP/s that way, and at about 100 when each core instead takes whole
+cache-sized chunks (copy and matmul) with BLAS single-threaded: the patch matrix is built and
+consumed in the same core's L2, and nothing waits between calls.
+
+``run(fn, items, threads)`` calls ``fn(item, tid)`` for every item on ``threads`` threads (the
+calling thread is tid 0; the others are a process-wide pool), items taken in order by whichever
+thread is free, with every BLAS library found by threadpoolctl set to one thread meanwhile and
+restored after (by the last kernel to leave, when kernels run at once on several threads).
+``team_size()`` is how many threads a kernel should use: BLAS's thread count, which is what
+``ConfigProto(intra_op_parallelism_threads=N)`` sets (devices/cpu.py), or MGRT_CONV_THREADS=N
+when set (1 turns the teams off).
+"""
+
+import concurrent.futures
+import itertools
+import os
+import threading
+
+import numpy as np
+
+_ENV = os.environ.get("MGRT_CONV_THREADS", "").strip()
+_FIXED = max(1, min(64, int(_ENV))) if _ENV.isdigit() else None
+
+_lock = threading.Lock()
+_state = {"libs": None, "active": 0, "saved": None, "pool": None, "pool_size": 0}
+
+
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads (an inherited executor would wait
+    on them) and may have been forked while a team held the lock or BLAS at one thread."""
+    global _lock
+    _lock = threading.Lock()
+    if _state["active"] and _state["saved"]:
+        for lib, n in zip(_state["libs"] or (), _state["saved"]):
+            lib.set_num_threads(n)
+    _state.update(active=0, saved=None, pool=None, pool_size=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _blas_libs():
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once; [] without
+    threadpoolctl or BLAS)."""
+    libs = _state["libs"]
+    if libs is None:
+        try:
+            import threadpoolctl
+            libs = list(threadpoolctl.ThreadpoolController().select(user_api="blas")
+                        .lib_controllers)
+        except Exception:  # noqa: BLE001 - no controller: kernels stay on the calling thread
+            libs = []
+        _state["libs"] = libs
+    return libs
+
+
+def team_size():
+    """Threads for one kernel: MGRT_CONV_THREADS when set, else BLAS's thread count now (1
+    while another kernel's team holds BLAS at one thread, or without a BLAS controller)."""
+    if _FIXED is not None:
+        return _FIXED
+    libs = _blas_libs()
+    if not libs or _state["active"]:
+        return 1
+    return max(1, min(lib.get_num_threads() for lib in libs))
+
+
+def _enter():
+    with _lock:
+        if _state["active"] == 0:
+            libs = _blas_libs()
+            _state["saved"] = [lib.get_num_threads() for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _state["active"] += 1
+
+
+def _leave():
+    with _lock:
+        _state["active"] -= 1
+        if _state["active"] == 0:
+            for lib, n in zip(_blas_libs(), _state["saved"] or ()):
+                lib.set_num_threads(n)
+            _state["saved"] = None
+
+
+def _pool(workers):
+    """The worker pool, at least ``workers`` threads."""
+    with _lock:
+        if _state["pool"] is None or _state["pool_size"] < workers:
+            old = _state["pool"]
+            _state["pool"] = concurrent.futures.ThreadPoolExecutor(
+                workers, thread_name_prefix="mgrt-team")
+            _state["pool_size"] = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _state["pool"]
+
+
+def run(fn, items, threads):
+    """[fn(item, tid) for item in items], on ``threads`` threads when there are that many
+    items to share (see the module's docstring); the first exception raised is re-raised
+    after every thread has stopped."""
+    items = list(items)
+    threads = min(threads, len(items))
+    if threads < 2:
+        return [fn(it, 0) for it in items]
+    out = [None] * len(items)
+    order = itertools.count()  # next() is atomic under the GIL
+    failed = []
+
+    def worker(tid):
+        with np.errstate(all="ignore"):  # numpy's error state is per thread
+            while not failed:
+                k = next(order)
+                if k >= len(items):
+                    return
+                try:
+                    out[k] = fn(items[k], tid)
+                except BaseException as e:  # noqa: BLE001 - re-raised by the caller below
+                    failed.append(e)
+                    return
+
+    _enter()
+    try:
+        pool = _pool(threads - 1)
+        futures = [pool.submit(worker, t) for t in range(1, threads)]
+        worker(0)
+        concurrent.futures.wait(futures)
+    finally:
+        _leave()
+    if failed:
+        raise failed[0]
+    return out
+
+
+class Scratch:
+    """One lazily allocated buffer per thread id: ``get(tid)``."""
+
+    def __init__(self, size, dtype):
+        self.size, self.dtype, self.bufs = size, dtype, {}
+
+    def get(self, tid):
+        buf = self.bufs.get(tid)
+        if buf is None:
+            buf = self.bufs[tid] = np.empty(self.size, self.dtype)
+        return buf

@@ -1,0 +1,216 @@
+"""Thread teams for the chunked convolutions (kernels_cpu/_team.py, conv_ops ``_conv_core`` and
+``_conv_filter_grad_core``): results against float64 references with teams forced on (three
+threads, more than this machine's cores, so chunks are taken out of order) over NHWC/NCHW,
+strides, dilations and both paddings, BLAS held at one thread during a team and restored after (also
+after an error), concurrent kernels, and a forked child."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import mgrt.kernels_cpu.conv_ops as conv_ops
+from mgrt.kernels_cpu import _team
+from kernel_util import run_kernel
+from mgrt.protos import node_def_pb2
+from mgrt.runtime import dtypes
+
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
+
+@pytest.fixture
+def teams(monkeypatch):
+    """Every chunked convolution runs on a team of three threads."""
+    monkeypatch.setattr(conv_ops, "_TEAM_MIN_FLOPS", 0)
+    monkeypatch.setattr(_team, "_FIXED", 3)
+    return 3
+
+
+def _nd(op, **attrs):
+    nd = node_def_pb2.NodeDef(name="n", op=op)
+    for k, v in attrs.items():
+        if k in ("padding", "data_format"):
+            nd.attr[k].s = v.encode()
+        elif isinstance(v, list):
+            nd.attr[k].list.i.extend(v)
+        else:
+            nd.attr[k].type = dtypes.as_dtype(v).as_datatype_enum
+    return nd
+
+
+def _same(n, k, s, d):
+    o = -(-n // s)
+    need = max(0, (o - 1) * s + (k - 1) * d + 1 - n)
+    return o, need // 2, need - need // 2
+
+
+def _refs(x, f, dy_seed, strides, dil, padding):
+    """float64 forward, input gradient and filter gradient of an NHWC convolution, tap by tap
+    (each tap a strided slice of the padded input), and the out_backprop used."""
+    n, h, w, c = x.shape
+    kh, kw, _, co = f.shape
+    if padding == "SAME":
+        oh, pt, pb = _same(h, kh, strides[0], dil[0])
+        ow, pl, pr = _same(w, kw, strides[1], dil[1])
+    else:
+        oh = (h - (kh - 1) * dil[0] - 1) // strides[0] + 1
+        ow = (w - (kw - 1) * dil[1] - 1) // strides[1] + 1
+        pt = pb = pl = pr = 0
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    f64 = f.astype(np.float64)
+    dy = np.random.RandomState(dy_seed).randn(n, oh, ow, co)
+    y = np.zeros((n, oh, ow, co))
+    dxp = np.zeros_like(xp)
+    df = np.zeros_like(f64)
+    for i in range(kh):
+        for j in range(kw):
+            rs = slice(i * dil[0], i * dil[0] + (oh - 1) * strides[0] + 1, strides[0])
+            cs = slice(j * dil[1], j * dil[1] + (ow - 1) * strides[1] + 1, strides[1])
+            t = xp[:, rs, cs, :]
+            y += t @ f64[i, j]
+            dxp[:, rs, cs, :] += dy @ f64[i, j].T
+            df[i, j] = t.reshape(-1, c).T @ dy.reshape(-1, co)
+    dx = dxp[:, pt:pt + h, pl:pl + w, :]
+    return y, dx, df, dy
+
+
+CASES = [
+    # x NHWC, filter, strides, dilations, padding: every one over several chunks
+    ((32, 14, 14, 16), (5, 5, 16, 32), (1, 1), (1, 1), "SAME"),   # the benchmark CNN's conv1
+    ((6, 19, 17, 9), (3, 4, 9, 7), (2, 1), (1, 1), "SAME"),
+    ((5, 16, 21, 8), (3, 3, 8, 5), (1, 2), (2, 1), "VALID"),
+    ((3, 33, 30, 12), (2, 2, 12, 10), (2, 2), (1, 1), "VALID"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_team_convolutions_against_reference(teams, case, fmt, dtype):
+    xs, fs, st, dil, padding = CASES[case]
+    rs = np.random.RandomState(10 + case)
+    x = rs.randn(*xs).astype(dtype)
+    f = rs.randn(*fs).astype(dtype)
+    y_ref, dx_ref, df_ref, dy = _refs(x, f, 20 + case, st, dil, padding)
+    nchw = fmt == "NCHW"
+    to, back = ((0, 3, 1, 2), (0, 2, 3, 1)) if nchw else ((0, 1, 2, 3),) * 2
+    attrs = dict(T=dtype, padding=padding, data_format=fmt,
+                 strides=[1, 1, *st] if nchw else [1, *st, 1],
+                 dilations=[1, 1, *dil] if nchw else [1, *dil, 1])
+    xi, dyi = x.transpose(to), dy.astype(dtype).transpose(to)
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+    (y,) = run_kernel(_nd("Conv2D", **attrs), [xi, f])
+    np.testing.assert_allclose(y.transpose(back), y_ref, **tol)
+    (dx,) = run_kernel(_nd("Conv2DBackpropInput", **attrs),
+                       [np.array(xi.shape, np.int32), f, dyi])
+    np.testing.assert_allclose(dx.transpose(back), dx_ref, **tol)
+    (df,) = run_kernel(_nd("Conv2DBackpropFilter", **attrs),
+                       [xi, np.array(fs, np.int32), dyi])
+    np.testing.assert_allclose(df, df_ref, **tol)
+
+
+def test_team_chunks_are_many_and_cache_sized():
+    """The CNN's conv1 in chunks of at most ~1 MiB of patches, at least four per thread."""
+    n, oh, ow, k = 32, 14, 14, 400
+    chunks = conv_ops._chunks(n, oh, ow, k * 4, 0, None, 2)
+    assert len(chunks) >= 8
+    biggest = max((b1 - b0) * (r1 - r0) * ow for b0, b1, r0, r1 in chunks)
+    assert biggest * k * 4 <= conv_ops._TEAM_CHUNK_BYTES
+    covered = sorted((b, r) for b0, b1, r0, r1 in chunks for b in range(b0, b1)
+                     for r in range(r0, r1))
+    assert covered == [(b, r) for b in range(n) for r in range(oh)]
+
+
+def test_teams_off_below_the_work_threshold(monkeypatch):
+    monkeypatch.setattr(_team, "_FIXED", 3)
+    assert conv_ops._team_for(conv_ops._TEAM_MIN_FLOPS - 1) == 1
+    assert conv_ops._team_for(conv_ops._TEAM_MIN_FLOPS) == 3
+
+
+def _blas_threads():
+    return [lib.get_num_threads() for lib in _team._blas_libs()]
+
+
+def test_blas_is_single_threaded_inside_a_team_and_restored_after():
+    if not _team._blas_libs():
+        pytest.skip("no BLAS library that threadpoolctl controls is loaded")
+    before = _blas_threads()
+    seen = []
+    out = _team.run(lambda item, tid: (seen.append(_blas_threads()), item * 2)[1], range(9), 3)
+    assert out == [2 * i for i in range(9)]
+    assert seen and all(s == [1] * len(before) for s in seen)
+    assert _blas_threads() == before
+
+    def boom(item, tid):
+        if item == 4:
+            raise ValueError("chunk 4 failed")
+        return item
+    with pytest.raises(ValueError, match="chunk 4 failed"):
+        _team.run(boom, range(9), 3)
+    assert _blas_threads() == before and _team._state["active"] == 0
+
+
+def test_every_item_once_and_thread_ids_in_range():
+    calls = []
+    lock = threading.Lock()
+
+    def fn(item, tid):
+        with lock:
+            calls.append((item, tid))
+        return item
+    assert _team.run(fn, range(50), 4) == list(range(50))
+    assert sorted(i for i, _ in calls) == list(range(50))
+    assert {t for _, t in calls} <= {0, 1, 2, 3}
+    # one item, or one thread: the calling thread only
+    assert _team.run(lambda item, tid: tid, [7], 4) == [0]
+    assert _team.run(lambda item, tid: tid, range(3), 1) == [0, 0, 0]
+
+
+def test_concurrent_kernels_from_two_threads(teams):
+    """Two sessions' convolutions at once: each correct, BLAS restored when both are done."""
+    rs = np.random.RandomState(3)
+    x = rs.randn(8, 12, 12, 6).astype(np.float64)
+    f = rs.randn(3, 3, 6, 8).astype(np.float64)
+    want, _, _, _ = _refs(x, f, 0, (1, 1), (1, 1), "SAME")
+    attrs = dict(T="float64", padding="SAME", strides=[1, 1, 1, 1])
+    before = _blas_threads()
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                (y,) = run_kernel(_nd("Conv2D", **attrs), [x, f])
+                np.testing.assert_allclose(y, want, rtol=1e-11, atol=1e-11)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert _blas_threads() == before and _team._state["active"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_team_in_a_forked_child(teams):
+    """A child forked after the pool started builds its own pool (the parent's threads do not
+    exist there)."""
+    _team.run(lambda item, tid: item, range(6), 3)  # the parent's pool exists
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(r)
+            got = _team.run(lambda item, tid: item + 1, range(6), 3)
+            code = 0 if got == [1, 2, 3, 4, 5, 6] else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    status = os.read(r, 1)
+    os.close(r)
+    _, st = os.waitpid(pid, 0)
+    assert status == b"\x00" and os.WEXITSTATUS(st) == 0
