@@ -2,7 +2,9 @@
 
 Max pooling and its gradient scan each window once per output element: numpy needs a pass
 over the whole input per window tap (and several per tap for the gradient's argmax), numba one
-pass in all (2-3x faster on the benchmark CNN's 2x2 pools). The loops run NHWC arrays of any
+pass in all (2-3x faster on the benchmark CNN's 2x2 pools). ReluGrad is one pass instead of
+numpy's three (compare, cast, multiply). Over big arrays the loops run on a thread team
+(_team.split: blocks of images or elements, one per core; the loops release the GIL). The loops run NHWC arrays of any
 real dtype (half types arrive as float32) and compile on first use, once per dtype, into
 numba's on-disk cache (``cache=True``), so a later process loads them in milliseconds.
 
@@ -14,6 +16,8 @@ import. numba is imported only when a kernel that uses these loops is first buil
 import os
 
 import numpy as np
+
+from mgrt.kernels_cpu import _team
 
 _state = {}
 
@@ -37,6 +41,7 @@ def _compile():
     from mgrt.kernels_cpu import _jit_loops
     _state["maxpool_nhwc"] = _jit_loops.maxpool_nhwc
     _state["maxpool_grad_nhwc"] = _jit_loops.maxpool_grad_nhwc
+    _state["relu_grad"] = _jit_loops.relu_grad
 
 
 def _native(x):
@@ -53,7 +58,10 @@ def maxpool_nhwc(x, ks, st, geo, low):
     oh, ow, pt, _, pl, _ = geo
     y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
     if y.size:
-        _state["maxpool_nhwc"](x, ks[1], ks[2], st[1], st[2], pt, pl, x.dtype.type(low), y)
+        loop, low = _state["maxpool_nhwc"], x.dtype.type(low)
+        _team.split(lambda b0, b1: loop(x[b0:b1], ks[1], ks[2], st[1], st[2], pt, pl, low,
+                                        y[b0:b1]),
+                    x.shape[0], x.nbytes + y.nbytes)
     return y
 
 
@@ -69,5 +77,20 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd):
               and oh * kh >= h and ow * kw >= w)
     dx = np.empty(x.shape, gd) if covers else np.zeros(x.shape, gd)
     if dx.size and g.size:
-        _state["maxpool_grad_nhwc"](x, g, kh, kw, sh, sw, pt, pl, overlap, dx)
+        loop = _state["maxpool_grad_nhwc"]
+        _team.split(lambda b0, b1: loop(x[b0:b1], g[b0:b1], kh, kw, sh, sw, pt, pl, overlap,
+                                        dx[b0:b1]),
+                    n, x.nbytes + g.nbytes + dx.nbytes)
     return dx
+
+
+def relu_grad(g, f):
+    """TF's ReluGrad, g * (f > 0) (NaN and inf times 0 are NaN), of same-shape C-contiguous
+    float32 or float64 arrays, in one pass."""
+    out = np.empty(g.shape, g.dtype)
+    g1, f1, o1 = g.reshape(-1), f.reshape(-1), out.reshape(-1)
+    loop = _state["relu_grad"]
+    zero, one = g.dtype.type(0), g.dtype.type(1)
+    _team.split(lambda a, b: loop(g1[a:b], f1[a:b], zero, one, o1[a:b]), g1.shape[0],
+                3 * out.nbytes)
+    return out

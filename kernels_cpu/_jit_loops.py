@@ -94,3 +94,11 @@ def maxpool_grad_nhwc(x, g, kh, kw, sh, sw, pt, pl, accumulate, dx):
                         else:
                             for ch in range(c):
                                 dr[ch] = gr[ch] if idx[ch] == t else zero
+
+
+@_jit
+def relu_grad(g, f, zero, one, out):
+    """out = g * (1 if f > 0 else 0) over 1-D arrays: TF's ReluGrad, NaN and inf gradients
+    times 0 included (no fastmath: x * 0 must stay NaN for NaN and inf x)."""
+    for i in range(g.shape[0]):
+        out[i] = g[i] * (one if f[i] > zero else zero)

@@ -1,5 +1,4 @@
-"""Intra-op parallelism for CPU kernels made of many independent BLAS calls (the chunked
-convolutions of conv_ops.py).
+"""Intra-op parallelism for CPU kernels: thread teams.
 
 A convolution's im2col matmuls are skinny (N = output channels, often 16 or 32): BLAS's own
 threads split each call and synchronize after it, and its packing of the patch matrix is paid
@@ -11,10 +10,17 @@ consumed in the same core's L2, and nothing waits between calls.
 ``run(fn, items, threads)`` calls ``fn(item, tid)`` for every item on ``threads`` threads (the
 calling thread is tid 0; the others are a process-wide pool), items taken in order by whichever
 thread is free, with every BLAS library found by threadpoolctl set to one thread meanwhile and
-restored after (by the last kernel to leave, when kernels run at once on several threads).
-``team_size()`` is how many threads a kernel should use: BLAS's thread count, which is what
-``ConfigProto(intra_op_parallelism_threads=N)`` sets (devices/cpu.py), or MGRT_CONV_THREADS=N
-when set (1 turns the teams off).
+restored after (by the last to leave, when kernels run at once on several threads).
+``split(fn, n, bytes)`` gives memory-bound passes (pooling, ReLU, bias) one block per thread.
+
+Teams run only inside a plan's ``hold()`` (runtime/executor.py holds for plans with a CPU
+convolution, TEAM_OPS): BLAS stays single-threaded for the whole run and MatMul splits over
+the team too. Outside a hold, OpenBLAS's threads spin for about 0.1 s after each call, and a
+team thread would share a core with one: measured, a CNN step with teams but without the hold
+was 10-20% slower than with no teams at all, and with the hold 15-25% faster.
+``team_size()`` is the team's size: BLAS's thread count when the hold began (which
+``ConfigProto(intra_op_parallelism_threads=N)`` sets, devices/cpu.py), 1 outside a hold, or
+MGRT_CONV_THREADS=N when set (1 turns teams and holds off).
 """
 
 import concurrent.futures
@@ -28,7 +34,8 @@ _ENV = os.environ.get("MGRT_CONV_THREADS", "").strip()
 _FIXED = max(1, min(64, int(_ENV))) if _ENV.isdigit() else None
 
 _lock = threading.Lock()
-_state = {"libs": None, "active": 0, "saved": None, "pool": None, "pool_size": 0}
+_state = {"libs": None, "active": 0, "held": 0, "team": 1, "saved": None, "pool": None,
+          "pool_size": 0}
 
 
 def _after_fork_in_child():
@@ -39,7 +46,7 @@ def _after_fork_in_child():
     if _state["active"] and _state["saved"]:
         for lib, n in zip(_state["libs"] or (), _state["saved"]):
             lib.set_num_threads(n)
-    _state.update(active=0, saved=None, pool=None, pool_size=0)
+    _state.update(active=0, held=0, team=1, saved=None, pool=None, pool_size=0)
 
 
 if hasattr(os, "register_at_fork"):
@@ -62,33 +69,59 @@ def _blas_libs():
 
 
 def team_size():
-    """Threads for one kernel: MGRT_CONV_THREADS when set, else BLAS's thread count now (1
-    while another kernel's team holds BLAS at one thread, or without a BLAS controller)."""
+    """Threads for one kernel: MGRT_CONV_THREADS when set; inside a plan's hold (hold()), the
+    BLAS thread count the hold found; else 1. Outside a hold BLAS keeps its own threads, and
+    OpenBLAS's spin for about 0.1 s after every call: a team thread would share a core with
+    one (measured: the CNN step 10-20% slower than with no team at all)."""
     if _FIXED is not None:
         return _FIXED
-    libs = _blas_libs()
-    if not libs or _state["active"]:
-        return 1
-    return max(1, min(lib.get_num_threads() for lib in libs))
+    return _state["team"] if _state["held"] else 1
 
 
-def _enter():
+def _enter(hold=False):
+    """BLAS to one thread (the first to enter saves its counts and the team size)."""
     with _lock:
         if _state["active"] == 0:
             libs = _blas_libs()
             _state["saved"] = [lib.get_num_threads() for lib in libs]
+            _state["team"] = max(1, min(_state["saved"])) if libs else 1
             for lib in libs:
                 lib.set_num_threads(1)
         _state["active"] += 1
+        if hold:
+            _state["held"] += 1
 
 
-def _leave():
+def _leave(hold=False):
     with _lock:
         _state["active"] -= 1
+        if hold:
+            _state["held"] -= 1
         if _state["active"] == 0:
             for lib, n in zip(_blas_libs(), _state["saved"] or ()):
                 lib.set_num_threads(n)
             _state["saved"] = None
+
+
+def hold():
+    """Called by the executor around a run of a plan with team kernels (TEAM_OPS on a CPU):
+    BLAS single-threaded for the whole run, the teams sized by BLAS's thread count before,
+    and MatMul split over the team (math_ops). Returns whether it held (then release())."""
+    if _FIXED == 1 or not _blas_libs():
+        return False
+    _enter(hold=True)
+    if _state["team"] < 2:
+        _leave(hold=True)
+        return False
+    return True
+
+
+def release():
+    _leave(hold=True)
+
+
+# The op types whose CPU kernels run on teams: a plan with any of them holds BLAS (hold()).
+TEAM_OPS = frozenset(["Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"])
 
 
 def _pool(workers):
@@ -139,6 +172,23 @@ def run(fn, items, threads):
     if failed:
         raise failed[0]
     return out
+
+
+# Memory-bound passes (pooling, ReLU, bias) split the leading axis into one block per thread
+# when they move at least this much (input and output); below it the hand-over costs more.
+SPLIT_MIN_BYTES = 1 << 20
+
+
+def split(fn, n, work_bytes):
+    """``fn(lo, hi)`` over [0, n) in one contiguous block per team thread (team_size()) when
+    ``work_bytes`` >= SPLIT_MIN_BYTES, else fn(0, n) on the calling thread. For kernels whose
+    blocks write disjoint parts of their output."""
+    threads = min(team_size(), n) if work_bytes >= SPLIT_MIN_BYTES else 1
+    if threads < 2:
+        fn(0, n)
+        return
+    bounds = [n * t // threads for t in range(threads + 1)]
+    run(lambda t, tid: fn(bounds[t], bounds[t + 1]), range(threads), threads)
 
 
 class Scratch:

@@ -35,6 +35,7 @@ import numpy as np
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InternalError, InvalidArgumentError
 from mgrt.runtime.kernel_registry import register
+from mgrt.kernels_cpu import _team
 from mgrt.kernels_cpu._dtypes import (BF16 as _BF16, F16 as _F16, F32 as _F32,  # noqa: F401
                                       F64 as _F64, FLOAT_T as _FLOAT_T, HALF_T as _HALF_T,
                                       INDEX_T as _INDEX_T, INT_T as _INT_T, LOW as _LOW,
@@ -1106,10 +1107,32 @@ def _matmul(node, ctx):
         if cdt != dt:
             r = np.matmul(aa.astype(cdt), bb.astype(cdt)).astype(dt)
         else:
+            team = _team.team_size()
+            if team > 1 and 2.0 * aa.shape[0] * aa.shape[1] * bb.shape[1] >= _TEAM_MIN_FLOPS:
+                return (_matmul_team(aa, bb, dt, team),)
             r = np.matmul(aa, bb)
         return (_wrap(r, dt),)
 
     return run
+
+
+# Inside a plan that holds BLAS at one thread (kernels_cpu/_team.py), a big MatMul splits its
+# rows (or, for few rows, its columns) over the team: one single-threaded BLAS call per block.
+_TEAM_MIN_FLOPS = 8e6
+
+
+def _matmul_team(aa, bb, dt, team):
+    m, n = aa.shape[0], bb.shape[1]
+    r = np.empty((m, n), dt)
+    if m >= 4 * team:
+        bounds = [m * t // team for t in range(team + 1)]
+        _team.run(lambda t, tid: np.matmul(aa[bounds[t]:bounds[t + 1]], bb,
+                                           out=r[bounds[t]:bounds[t + 1]]), range(team), team)
+    else:
+        bounds = [n * t // team for t in range(team + 1)]
+        _team.run(lambda t, tid: np.matmul(aa, bb[:, bounds[t]:bounds[t + 1]],
+                                           out=r[:, bounds[t]:bounds[t + 1]]), range(team), team)
+    return r
 
 
 def _batch_matmul_builder(node, ctx):

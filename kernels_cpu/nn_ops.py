@@ -43,6 +43,7 @@ import numpy as np
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InvalidArgumentError
 from mgrt.runtime.kernel_registry import register
+from mgrt.kernels_cpu import _jit, _team
 from mgrt.kernels_cpu._dtypes import (BF16 as _BF16, F16 as _F16, F32 as _F32,  # noqa: F401
                                       F64 as _F64, FLOAT_T as _FLOAT_T, HALF_T as _HALF_T,
                                       INDEX_T as _INDEX_T, INT_T as _INT_T, LOW as _LOW,
@@ -142,8 +143,13 @@ def _bias_add(node, ctx):
             row = _wide_rows(value.size, bias.shape[0])
             if row:  # rows of `row` elements plus the bias repeated to a row (same sums)
                 tiled = np.tile(bias, row // bias.shape[0])
-                with np.errstate(invalid="ignore", over="ignore"):
-                    out = np.add(value.reshape(-1, row), tiled)
+                v2 = value.reshape(-1, row)
+                out = np.empty(v2.shape, value.dtype)
+
+                def rows(a, b):
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        np.add(v2[a:b], tiled, out=out[a:b])
+                _team.split(rows, v2.shape[0], 2 * out.nbytes)
                 return (out.reshape(value.shape),)
         if quiet:
             with np.errstate(invalid="ignore", over="ignore"):
@@ -208,7 +214,11 @@ def _relu(node, ctx):
         if zeros is not None and x.dtype == dt and x.flags.c_contiguous:
             row = _wide_rows(x.size, 1)
             if row:  # np.maximum against a zero scalar is numpy's slow path; a zero row is not
-                return (np.maximum(x.reshape(-1, row), zeros[:row]).reshape(x.shape),)
+                x2 = x.reshape(-1, row)
+                out = np.empty(x2.shape, dt)
+                _team.split(lambda a, b: np.maximum(x2[a:b], zeros[:row], out=out[a:b]),
+                            x2.shape[0], 2 * out.nbytes)
+                return (out.reshape(x.shape),)
         return (_nd(np.maximum(x, zero), dt),)
 
     return run
@@ -229,9 +239,13 @@ def _relu6(node, ctx):
 def _relu_grad(node, ctx):
     dt = _out(node)
     zero = dt.type(0)
+    jit = dt in (_F32, _F64) and _jit.enabled()  # one pass in numba, on a team when big
 
     def run(g, f):
         _same_shape(node, g, f)
+        if (jit and g.dtype == dt and f.dtype == dt and g.flags.c_contiguous
+                and f.flags.c_contiguous):
+            return (_jit.relu_grad(g, f),)
         with np.errstate(invalid="ignore"):  # NaN compares of bfloat16; inf * 0 is NaN, as in TF
             mask = np.greater(f, zero)
             if type(mask) is np.ndarray:  # the 0/1 mask in the dtype times g, in place

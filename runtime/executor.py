@@ -21,6 +21,7 @@ import numpy as np
 
 from mgrt.runtime import dtypes, errors, kernel_registry
 from mgrt.runtime import graph as graph_lib
+from mgrt.kernels_cpu import _team
 
 CONTROL_FLOW_OPS = _CONTROL_FLOW_OPS = frozenset(("Switch", "RefSwitch", "Merge", "RefMerge", "Enter", "RefEnter",
                                "Exit", "RefExit", "NextIteration", "RefNextIteration",
@@ -273,6 +274,11 @@ class Plan:
             steps.append(st)
         # A device with a queue of its own (a GPU) is made current before its kernels run:
         # once per run when the plan uses one such device, before each of its steps otherwise.
+        # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
+        # one thread, so that no spinning BLAS thread shares a core with a team thread.
+        self._team_hold = any(st.op.type in _team.TEAM_OPS
+                              and getattr(st.device, "device_type", "CPU") == "CPU"
+                              for st in steps)
         self._activate = None
         gpu_devices = {d for _, d in non_host_steps}
         if len(gpu_devices) == 1:
@@ -320,12 +326,15 @@ class Plan:
         token = _quiet_numpy()
         if self._activate is not None:
             self._activate()
+        held = self._team_hold and _team.hold()
         try:
             if self.has_control_flow:
                 out = _DataflowRun(self).run(feed_values)
             else:
                 out = self._run_straight(feed_values)
         finally:
+            if held:
+                _team.release()
             _restore_numpy(token)
         for k, d in self.fetch_devices:
             v = out[k]

@@ -164,7 +164,13 @@ def test_wide_rows_filter_grad_with_inf_and_nan_input(monkeypatch):
 @pytest.mark.parametrize("shape", [(32, 28, 28, 16), (8, 14, 14, 32), (1000, 48), (7, 9, 11, 5),
                                    (3, 4), (64, 10)])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "int32"])
-def test_bias_add_and_relu_long_rows_are_exact(shape, dtype):
+@pytest.mark.parametrize("team", [False, True])
+def test_bias_add_and_relu_long_rows_are_exact(shape, dtype, team, monkeypatch):
+    """Long rows, on the calling thread or split over a team of three (forced for any size)."""
+    if team:
+        from mgrt.kernels_cpu import _team
+        monkeypatch.setattr(_team, "_FIXED", 3)
+        monkeypatch.setattr(_team, "SPLIT_MIN_BYTES", 0)
     rs = np.random.RandomState(1)
     x = (rs.randn(*shape) * 10).astype(dtype)
     b = (rs.randn(shape[-1]) * 10).astype(dtype)

@@ -214,3 +214,91 @@ def test_team_in_a_forked_child(teams):
     os.close(r)
     _, st = os.waitpid(pid, 0)
     assert status == b"\x00" and os.WEXITSTATUS(st) == 0
+
+
+def test_hold_sizes_teams_by_blas_and_restores_it():
+    """A plan's hold: BLAS single-threaded inside, the team as big as BLAS's threads were
+    before, all restored after; MGRT_CONV_THREADS=1 (teams off) holds nothing."""
+    libs = _team._blas_libs()
+    if not libs:
+        pytest.skip("no BLAS library that threadpoolctl controls is loaded")
+    before = _blas_threads()
+    assert _team.team_size() == 1 or _team._FIXED is not None  # outside a hold: no team
+    held = _team.hold()
+    try:
+        if min(before) >= 2:
+            assert held and _blas_threads() == [1] * len(libs)
+            assert _team.team_size() == (_team._FIXED or min(before))
+        else:
+            assert not held
+    finally:
+        if held:
+            _team.release()
+    assert _blas_threads() == before and _team._state["held"] == 0
+
+
+def test_hold_off_when_teams_are_off(monkeypatch):
+    monkeypatch.setattr(_team, "_FIXED", 1)
+    before = _blas_threads()
+    assert _team.hold() is False
+    assert _blas_threads() == before
+
+
+def test_executor_holds_for_convolution_plans_only():
+    """A plan with a CPU convolution holds BLAS for its run (and gives the numpy result); an
+    MLP's plan does not (BLAS keeps its own threads there)."""
+    import mgrt.compat.v1 as tf
+    rs = np.random.RandomState(0)
+    x = rs.randn(4, 9, 9, 3).astype(np.float32)
+    w = rs.randn(3, 3, 3, 5).astype(np.float32)
+    m = rs.randn(6, 7).astype(np.float32)
+    seen = []
+    real_hold = _team.hold
+
+    def spy():
+        seen.append(True)
+        return real_hold()
+    g = tf.Graph()
+    with g.as_default():
+        xp = tf.placeholder(tf.float32, [None, 9, 9, 3])
+        conv = tf.nn.conv2d(xp, tf.constant(w), strides=[1, 1, 1, 1], padding="VALID")
+        mp = tf.placeholder(tf.float32, [None, 7])
+        mm = tf.matmul(mp, tf.constant(m.T.copy()))
+        with tf.Session() as sess:
+            _team.hold = spy
+            try:
+                got = sess.run(conv, {xp: x})
+                assert len(seen) == 1
+                sess.run(mm, {mp: m})
+                assert len(seen) == 1  # the MatMul plan did not hold
+            finally:
+                _team.hold = real_hold
+    want, _, _, _ = _refs(x, w, 0, (1, 1), (1, 1), "VALID")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert _team._state["held"] == 0 and _team._state["active"] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+@pytest.mark.parametrize("shape", [(37, 11, 9), (2, 13, 29), (64, 1, 8)])
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_split_over_a_team(teams, monkeypatch, dtype, shape, trans):
+    """Inside a hold a big MatMul splits rows (or, with few rows, columns) over the team."""
+    import mgrt.kernels_cpu.math_ops as math_ops
+    monkeypatch.setattr(math_ops, "_TEAM_MIN_FLOPS", 0)
+    m, k, n = shape
+    rs = np.random.RandomState(sum(shape))
+    a = (rs.randn(m, k) * 4).astype(dtype)
+    b = (rs.randn(k, n) * 4).astype(dtype)
+    ai = a.T.copy() if trans[0] else a
+    bi = b.T.copy() if trans[1] else b
+    nd = node_def_pb2.NodeDef(name="mm", op="MatMul")
+    nd.attr["T"].type = dtypes.as_dtype(dtype).as_datatype_enum
+    nd.attr["transpose_a"].b = trans[0]
+    nd.attr["transpose_b"].b = trans[1]
+    (got,) = run_kernel(nd, [ai, bi])
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.dtype == np.dtype(dtype) and got.shape == (m, n)
+    if dtype == "int32":
+        np.testing.assert_array_equal(got, (a @ b))
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -305,15 +305,19 @@ def _ref_maxpool(x, k, s, pads, out_hw):
     return y
 
 
-@pytest.fixture(params=["numba", "numpy"])
-def pool_path(request):
+@pytest.fixture(params=["numba", "numba-team", "numpy"])
+def pool_path(request, monkeypatch):
     """Max pooling NHWC runs numba loops (kernels_cpu/_jit.py) unless MGRT_CPU_JIT=0; then the
-    numpy paths. Both are tested (kernels are built per run_kernel call)."""
-    from mgrt.kernels_cpu import _jit
+    numpy paths. Both are tested (kernels are built per run_kernel call), the numba loops also
+    split over images on a team of three threads (_team.split, forced for any size)."""
+    from mgrt.kernels_cpu import _jit, _team
     saved = _jit._state.get("on")
-    if request.param == "numba":
+    if request.param.startswith("numba"):
         _jit._state.pop("on", None)
         assert _jit.enabled()
+        if request.param == "numba-team":
+            monkeypatch.setattr(_team, "_FIXED", 3)
+            monkeypatch.setattr(_team, "SPLIT_MIN_BYTES", 0)
     else:
         _jit._state["on"] = False
     yield request.param

@@ -115,6 +115,42 @@ def test_recorded(case):
         _compare(case, i, got, want)
 
 
+_RELU_GRAD_CASES = [c for c in CASES if c["op"] == "ReluGrad"]
+
+
+@pytest.mark.parametrize("path", ["numba", "numba-team", "numpy"])
+@pytest.mark.parametrize("case", _RELU_GRAD_CASES, ids=[c["name"] for c in _RELU_GRAD_CASES])
+def test_recorded_relu_grad_every_path(case, path, monkeypatch):
+    """float32/float64 ReluGrad is one numba pass (kernels_cpu/_jit.py), split over a team of
+    three threads when big (forced here for any size); MGRT_CPU_JIT=0 gives numpy's passes."""
+    from mgrt.kernels_cpu import _jit, _team
+    monkeypatch.setitem(_jit._state, "on", path != "numpy")
+    if path == "numba-team":
+        monkeypatch.setattr(_team, "_FIXED", 3)
+        monkeypatch.setattr(_team, "SPLIT_MIN_BYTES", 0)
+    test_recorded(case)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_grad_big_on_a_team_against_numpy(dtype):
+    """Over SPLIT_MIN_BYTES the one-pass loop runs in blocks on the team: NaN and inf gradients
+    times 0 are NaN, -0.0 features are not > 0, every element once."""
+    rs = np.random.RandomState(7)
+    n = (1 << 20) // np.dtype(dtype).itemsize + 13  # several MiB moved, an odd length
+    f = rs.randn(n).astype(dtype)
+    g = rs.randn(n).astype(dtype)
+    f[::97] = -0.0
+    g[::89] = np.nan
+    g[::101] = np.inf
+    g[1::101] = -np.inf
+    f = f.reshape(-1, 1)
+    g = g.reshape(-1, 1)
+    (got,) = run_kernel(_node_def("ReluGrad", T=dtype), [g, f])
+    with np.errstate(invalid="ignore"):
+        want = g * (f > 0).astype(dtype)
+    assert got.tobytes() == want.tobytes()
+
+
 def test_every_op_recorded_and_registered():
     recorded = {c["op"] for c in CASES}
     assert set(NN_OPS) <= recorded, set(NN_OPS) - recorded
