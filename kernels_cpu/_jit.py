@@ -3,10 +3,11 @@
 Max pooling and its gradient scan each window once per output element: numpy needs a pass
 over the whole input per window tap (and several per tap for the gradient's argmax), numba one
 pass in all (2-3x faster on the benchmark CNN's 2x2 pools). ReluGrad is one pass instead of
-numpy's three (compare, cast, multiply). Over big arrays the loops run on a thread team
-(_team.split: blocks of images or elements, one per core; the loops release the GIL). The loops run NHWC arrays of any
-real dtype (half types arrive as float32) and compile on first use, once per dtype, into
-numba's on-disk cache (``cache=True``), so a later process loads them in milliseconds.
+numpy's three (compare, cast, multiply). Over big arrays, inside a plan's hold, the loops run
+on a thread team (_team.split: blocks of images or elements, one per core; the loops release
+the GIL). The pooling loops run NHWC arrays of any real dtype (half types arrive as float32);
+every loop compiles on first use, once per dtype, into numba's on-disk cache
+(``cache=True``), so a later process loads them in milliseconds.
 
 ``enabled()`` says whether they are used: ``MGRT_CPU_JIT=0`` turns them off (the kernels then
 take their numpy paths, which give the same results), and so does a numba that fails to

@@ -272,13 +272,13 @@ class Plan:
             st.out_slots = outs
             st.n_out = len(outs)
             steps.append(st)
-        # A device with a queue of its own (a GPU) is made current before its kernels run:
-        # once per run when the plan uses one such device, before each of its steps otherwise.
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
                               and getattr(st.device, "device_type", "CPU") == "CPU"
                               for st in steps)
+        # A device with a queue of its own (a GPU) is made current before its kernels run:
+        # once per run when the plan uses one such device, before each of its steps otherwise.
         self._activate = None
         gpu_devices = {d for _, d in non_host_steps}
         if len(gpu_devices) == 1:
