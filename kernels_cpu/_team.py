@@ -183,7 +183,13 @@ def split(fn, n, work_bytes):
     """``fn(lo, hi)`` over [0, n) in one contiguous block per team thread (team_size()) when
     ``work_bytes`` >= SPLIT_MIN_BYTES, else fn(0, n) on the calling thread. For kernels whose
     blocks write disjoint parts of their output."""
-    threads = min(team_size(), n) if work_bytes >= SPLIT_MIN_BYTES else 1
+    blocks(fn, n, team_size() if work_bytes >= SPLIT_MIN_BYTES else 1)
+
+
+def blocks(fn, n, threads):
+    """``fn(lo, hi)`` over [0, n) in ``threads`` contiguous blocks, one per thread (at most
+    one block per element; fn(0, n) on the calling thread for one)."""
+    threads = min(threads, n)
     if threads < 2:
         fn(0, n)
         return

@@ -22,7 +22,7 @@ Semantics are TensorFlow's CPU kernels' (checked against recordings of TensorFlo
   columns dropped, or multiplied by zeros), so the patch matrix is a copy of long runs.
   Depthwise convolutions (no reduction over channels) and pooling are
   elementwise passes per window tap over strided views, by cache-sized blocks of output rows
-  (optionally on worker threads: MGRT_CONV_THREADS, see "window taps" below).
+  (optionally on a thread team: MGRT_CONV_THREADS, see "window taps" below).
   Output sizes, SAME padding (the extra row/column goes after) and the "Computed output size
   would be negative" rule (C++ truncating division) are TF's. Grouped convolutions (input
   depth a multiple of the filter's; one unchunked batched matmul over the groups) work forward
@@ -76,10 +76,7 @@ Host memory: ``input_sizes`` (Conv2DBackpropInput, DepthwiseConv2dNativeBackprop
 ResizeNearestNeighborGrad). No output aliases an input.
 """
 
-import concurrent.futures
 import math
-import os
-import threading
 
 import ml_dtypes
 import numpy as np
@@ -941,45 +938,30 @@ def _conv2d_backprop_filter(node, ctx):
 # per window tap (i, j). Each tap is a strided view of the input; the outputs whose tap falls
 # inside the input form a rectangle, so padding never needs a copy, and any layout works as
 # it comes (NCHW too). The passes go by blocks of output rows, cache-sized. With
-# MGRT_CONV_THREADS=N (N > 1) the blocks run on N worker threads (numpy releases the GIL inside
-# its loops: intra-op parallelism as TF's Eigen kernels have); the default is the calling
-# thread only, as BLAS already takes every core for the convolutions' matmuls, and on a shared
-# 2-core machine the threads measured no faster.
-_THREADS_ENV = os.environ.get("MGRT_CONV_THREADS", "").strip()
-_WORKERS = max(1, min(64, int(_THREADS_ENV))) if _THREADS_ENV.isdigit() else 1
+# MGRT_CONV_THREADS=N (N > 1) the blocks run on a team of N threads (_team.run; numpy releases
+# the GIL inside its loops: intra-op parallelism as TF's Eigen kernels have); the default is the
+# calling thread only, as on a shared 2-core machine the threads measured no faster.
 _BLOCK_BYTES = 1 << 20   # per block: the block's share of the arrays it reads and writes
 _PARALLEL_MIN_BYTES = 2 << 20  # less work than this stays on the calling thread
-_pool_lock = threading.Lock()
-_executor = None
-
-
-def _workers():
-    global _executor
-    if _executor is None:
-        with _pool_lock:
-            if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(
-                    _WORKERS, thread_name_prefix="mgrt-conv")
-    return _executor
 
 
 def _run_blocks(fn, blocks, work_bytes, scatter=False):
-    """``fn(block)`` for every block, in order of the results. On the worker threads when
-    there is enough work; with ``scatter`` (blocks whose writes reach into the next block's
-    rows) the even-numbered blocks run first, then the odd ones, so that no two blocks that
-    run at once write the same rows (a block is at least a window high)."""
-    def quiet(b):
-        with np.errstate(all="ignore"):  # numpy's error state is per thread
-            return fn(b)
-    if _WORKERS < 2 or len(blocks) < 2 or work_bytes < _PARALLEL_MIN_BYTES:
-        return [quiet(b) for b in blocks]
-    ex = _workers()
+    """``fn(block)`` for every block, in order of the results. On a team when
+    MGRT_CONV_THREADS asks for one and there is enough work; with ``scatter`` (blocks whose
+    writes reach into the next block's rows) the even-numbered blocks run first, then the odd
+    ones, so that no two blocks that run at once write the same rows (a block is at least a
+    window high)."""
+    workers = _team._FIXED or 1
+    if workers < 2 or len(blocks) < 2 or work_bytes < _PARALLEL_MIN_BYTES:
+        with np.errstate(all="ignore"):
+            return [fn(b) for b in blocks]
     if not scatter:
-        return list(ex.map(quiet, blocks))
+        return _team.run(lambda b, tid: fn(b), blocks, workers)
     out = [None] * len(blocks)
     for phase in (0, 1):
         idx = range(phase, len(blocks), 2)
-        for k, r in zip(idx, list(ex.map(quiet, [blocks[k] for k in idx]))):
+        for k, r in zip(idx, _team.run(lambda b, tid: fn(b), [blocks[k] for k in idx],
+                                       workers)):
             out[k] = r
     return out
 

@@ -1125,13 +1125,9 @@ def _matmul_team(aa, bb, dt, team):
     m, n = aa.shape[0], bb.shape[1]
     r = np.empty((m, n), dt)
     if m >= 4 * team:
-        bounds = [m * t // team for t in range(team + 1)]
-        _team.run(lambda t, tid: np.matmul(aa[bounds[t]:bounds[t + 1]], bb,
-                                           out=r[bounds[t]:bounds[t + 1]]), range(team), team)
+        _team.blocks(lambda a, b: np.matmul(aa[a:b], bb, out=r[a:b]), m, team)
     else:
-        bounds = [n * t // team for t in range(team + 1)]
-        _team.run(lambda t, tid: np.matmul(aa, bb[:, bounds[t]:bounds[t + 1]],
-                                           out=r[:, bounds[t]:bounds[t + 1]]), range(team), team)
+        _team.blocks(lambda a, b: np.matmul(aa, bb[:, a:b], out=r[:, a:b]), n, team)
     return r
 
 

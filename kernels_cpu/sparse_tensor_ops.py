@@ -332,6 +332,19 @@ def _same_shapes(a_shape, b_shape):
                        f"{int(b_shape[i])} for dimension {i}")
 
 
+def _check_two_values_and_shapes(a_indices, a_values, a_shape, b_indices, b_values, b_shape):
+    """TF's checks shared by the two-operand sparse kernels (SparseAdd, SparseSparseMaximum
+    and Minimum): one value per index row, shapes as vectors. Returns the two nnz."""
+    a_nnz, b_nnz = a_indices.shape[0], b_indices.shape[0]
+    if a_values.shape[0] != a_nnz or b_values.shape[0] != b_nnz:
+        raise _err(f"Expected {a_nnz} and {b_nnz} non-empty input values, got "
+                   f"{a_values.shape[0]} and {b_values.shape[0]}")
+    if not (_is_vector(a_shape) and _is_vector(b_shape)):
+        raise _err(f"Input shapes should be a vector but received shapes "
+                   f"{_dbg(a_shape.shape)} and {_dbg(b_shape.shape)}")
+    return a_nnz, b_nnz
+
+
 # --- SparseAdd / SparseAddGrad ------------------------------------------------------------------
 @register("SparseAdd", "CPU", type_constraints={
     "T": [dtypes.float32, dtypes.float64, dtypes.int64, dtypes.int32, dtypes.int16,
@@ -344,13 +357,8 @@ def _sparse_add(node, ctx):
         if not (_is_vector(a_values) and _is_vector(b_values)):
             raise _err(f"Inputs a_values and b_values should be vectors but received shapes: "
                        f"{_dbg(a_values.shape)} and {_dbg(b_values.shape)}")
-        a_nnz, b_nnz = a_indices.shape[0], b_indices.shape[0]
-        if a_values.shape[0] != a_nnz or b_values.shape[0] != b_nnz:
-            raise _err(f"Expected {a_nnz} and {b_nnz} non-empty input values, got "
-                       f"{a_values.shape[0]} and {b_values.shape[0]}")
-        if not (_is_vector(a_shape) and _is_vector(b_shape)):
-            raise _err(f"Input shapes should be a vector but received shapes "
-                       f"{_dbg(a_shape.shape)} and {_dbg(b_shape.shape)}")
+        a_nnz, b_nnz = _check_two_values_and_shapes(a_indices, a_values, a_shape, b_indices,
+                                                    b_values, b_shape)
         if a_shape.shape[0] != a_indices.shape[1]:
             raise _err(f"Input a_indices should have {a_shape.shape[0]} columns but has "
                        f"{a_indices.shape[1]}")  # pragma: no cover
@@ -906,13 +914,8 @@ def _make_sparse_sparse(fn):
             if not (_is_vector(a_values) and _is_vector(b_values)):
                 raise _err(f"Inputs a_values and b_values should be vectors but received "
                            f"shapes: {_dbg(a_values.shape)} and {_dbg(b_values.shape)}")
-            a_nnz, b_nnz = a_indices.shape[0], b_indices.shape[0]
-            if a_values.shape[0] != a_nnz or b_values.shape[0] != b_nnz:
-                raise _err(f"Expected {a_nnz} and {b_nnz} non-empty input values, got "
-                           f"{a_values.shape[0]} and {b_values.shape[0]}")
-            if not (_is_vector(a_shape) and _is_vector(b_shape)):
-                raise _err(f"Input shapes should be a vector but received shapes "
-                           f"{_dbg(a_shape.shape)} and {_dbg(b_shape.shape)}")
+            a_nnz, b_nnz = _check_two_values_and_shapes(a_indices, a_values, a_shape,
+                                                        b_indices, b_values, b_shape)
             _same_shapes(a_shape, b_shape)
             ndims = a_indices.shape[1]
             ai = [tuple(r) for r in a_indices.tolist()]

@@ -605,6 +605,15 @@ def _check_index(idx):
         raise TypeError(_SLICE_TYPE_ERROR + f", got {idx!r}")
 
 
+def _slice_part(v, default, dt):
+    """(value, missing) for a slice's start, stop or step: ``v`` itself (checked), or the
+    ``default`` (a Const of ``dt`` when the slice's tensors gave one) and True."""
+    if v is not None and not _undefined_dim(v):
+        _check_index(v)
+        return v, False
+    return (constant(default, dtype=dt) if dt is not None else default), True
+
+
 def _slice_helper(tensor, slice_spec, var=None):
     """``Tensor.__getitem__``: TensorFlow's slice semantics, one StridedSlice."""
     tensor = convert_to_tensor(tensor)
@@ -629,23 +638,13 @@ def _slice_helper(tensor, slice_spec, var=None):
                         dt = dtypes.int32
                     elif b == dtypes.int16 and dt is None:
                         dt = dtypes.int16
-            if s.start is not None and not _undefined_dim(s.start):
-                _check_index(s.start)
-                begin.append(s.start)
-            else:
-                begin.append(constant(0, dtype=dt) if dt is not None else 0)
-                begin_mask |= bit
-            if s.stop is not None and not _undefined_dim(s.stop):
-                _check_index(s.stop)
-                end.append(s.stop)
-            else:
-                end.append(constant(0, dtype=dt) if dt is not None else 0)
-                end_mask |= bit
-            if s.step is not None and not _undefined_dim(s.step):
-                _check_index(s.step)
-                strides.append(s.step)
-            else:
-                strides.append(constant(1, dtype=dt) if dt is not None else 1)
+            v, missing = _slice_part(s.start, 0, dt)
+            begin.append(v)
+            begin_mask |= bit if missing else 0
+            v, missing = _slice_part(s.stop, 0, dt)
+            end.append(v)
+            end_mask |= bit if missing else 0
+            strides.append(_slice_part(s.step, 1, dt)[0])
         elif s is Ellipsis:
             begin.append(0)
             end.append(0)

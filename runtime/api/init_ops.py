@@ -195,40 +195,34 @@ class RandomUniform(Initializer):
                 "dtype": self.dtype.name}
 
 
-class RandomNormal(Initializer):
+class _Normal(Initializer):
+    """The (mean, stddev) initializers; ``_sample`` is the random op that draws them."""
+
+    def __init__(self, mean=0.0, stddev=1.0, seed=None, dtype=dtypes.float32):
+        self.mean = mean
+        self.stddev = stddev
+        self.seed = seed
+        self.dtype = _assert_float_dtype(dtype)
+
+    def __call__(self, shape, dtype=None, partition_info=None):
+        return self._sample(_as_shape_list(shape), self.mean, self.stddev,
+                            dtype or self.dtype, seed=self.seed)
+
+    def get_config(self):
+        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed,
+                "dtype": self.dtype.name}
+
+
+class RandomNormal(_Normal):
     """``tf.random_normal_initializer(mean=0.0, stddev=1.0)``."""
 
-    def __init__(self, mean=0.0, stddev=1.0, seed=None, dtype=dtypes.float32):
-        self.mean = mean
-        self.stddev = stddev
-        self.seed = seed
-        self.dtype = _assert_float_dtype(dtype)
-
-    def __call__(self, shape, dtype=None, partition_info=None):
-        return random_ops.random_normal(_as_shape_list(shape), self.mean, self.stddev,
-                                        dtype or self.dtype, seed=self.seed)
-
-    def get_config(self):
-        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed,
-                "dtype": self.dtype.name}
+    _sample = staticmethod(random_ops.random_normal)
 
 
-class TruncatedNormal(Initializer):
+class TruncatedNormal(_Normal):
     """``tf.truncated_normal_initializer(mean=0.0, stddev=1.0)``."""
 
-    def __init__(self, mean=0.0, stddev=1.0, seed=None, dtype=dtypes.float32):
-        self.mean = mean
-        self.stddev = stddev
-        self.seed = seed
-        self.dtype = _assert_float_dtype(dtype)
-
-    def __call__(self, shape, dtype=None, partition_info=None):
-        return random_ops.truncated_normal(_as_shape_list(shape), self.mean, self.stddev,
-                                           dtype or self.dtype, seed=self.seed)
-
-    def get_config(self):
-        return {"mean": self.mean, "stddev": self.stddev, "seed": self.seed,
-                "dtype": self.dtype.name}
+    _sample = staticmethod(random_ops.truncated_normal)
 
 
 class UniformUnitScaling(Initializer):
