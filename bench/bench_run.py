@@ -50,6 +50,7 @@ against the TensorFlow losses recorded in bench/models/INDEX.json.
 """
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -1020,6 +1021,24 @@ def markdown(results):
 
 
 # --- profile ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _plan_hold(plan):
+    """The thread-team hold the executor takes around a plan with CPU convolutions
+    (kernels_cpu/_team.py: BLAS at one thread, kernels split over the team), so that kernels
+    timed alone run as they do inside ``Plan.run`` (internal API; nothing where it differs)."""
+    held = False
+    try:
+        from mgrt.kernels_cpu import _team
+        held = bool(getattr(plan, "_team_hold", False)) and _team.hold()
+    except Exception:  # noqa: BLE001
+        _team = None
+    try:
+        yield
+    finally:
+        if held:
+            _team.release()
+
+
 def breakdown(runner, reps=200, rounds=9, extra=None):
     """Where one mgrt ``Session.run`` spends its time: the whole call; the Plan's ``run`` alone
     (caught by wrapping the cached plans' ``run`` for one call, so it gets exactly the feed
@@ -1084,10 +1103,11 @@ def breakdown(runner, reps=200, rounds=9, extra=None):
                 # the variables are reset first (untimed): replaying the update kernels with
                 # the recorded gradients would otherwise drive them off (and into denormals)
                 runner.reset()
-                t0 = perf()
-                for f, a in calls:
-                    f(*a)
-                return perf() - t0
+                with _plan_hold(plan):
+                    t0 = perf()
+                    for f, a in calls:
+                        f(*a)
+                    return perf() - t0
             self_timed.add(KA)
             parts[KA] = kernels
         except Exception as e:  # noqa: BLE001
@@ -1138,10 +1158,11 @@ def breakdown(runner, reps=200, rounds=9, extra=None):
                 for _ in range(5):
                     if updates:
                         runner.reset()
-                    t0 = time.perf_counter()
-                    for _ in range(m):
-                        f(*a)
-                    vals.append((time.perf_counter() - t0) / m)
+                    with _plan_hold(plan):
+                        t0 = time.perf_counter()
+                        for _ in range(m):
+                            f(*a)
+                        vals.append((time.perf_counter() - t0) / m)
                 per_type.setdefault(st.op.type, [0, 0.0])
                 per_type[st.op.type][0] += 1
                 per_type[st.op.type][1] += statistics.median(vals) * 1e6

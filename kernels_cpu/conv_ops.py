@@ -85,7 +85,7 @@ from numpy.lib.stride_tricks import as_strided
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InvalidArgumentError, UnimplementedError
 from mgrt.runtime.kernel_registry import register
-from mgrt.kernels_cpu import _jit, _team
+from mgrt.kernels_cpu import _gemm, _jit, _team
 from mgrt.kernels_cpu._dtypes import (BF16 as _BF16, F16 as _F16, F32 as _F32,  # noqa: F401
                                       F64 as _F64, FLOAT_T as _FLOAT_T, HALF_T as _HALF_T,
                                       INDEX_T as _INDEX_T, INT_T as _INT_T, LOW as _LOW,
@@ -508,6 +508,82 @@ def _conv_filter_grad_wide(x, nchw, dy, kh, kw, geo, cd):
     return acc.T if nchw else acc
 
 
+# --- direct convolutions (kernels_cpu/_gemm.py) ----------------------------------------------
+# float32 convolutions with few input channels (short window rows) and output channels a
+# multiple of 8 read the padded input through offsets (no patch matrix): every output pixel's
+# window corner (rowoff) plus every tap and channel (koff). The filter gradient is the same
+# product with the roles swapped.
+_DIRECT = True
+_offsets_cache = {}
+
+
+def _direct_offsets(n, hp, wp, c, kh, kw, geo):
+    """(pixel corners, tap offsets) into a flat padded NHWC (n, hp, wp, c) input: corners of
+    the n * oh * ow output pixels (row-major), offsets of the kh * kw * c taps and channels in
+    the filter matrix's row order. Cached by geometry."""
+    sh, sw, dh, dw, oh, ow = geo[:6]
+    key = (n, hp, wp, c, kh, kw, sh, sw, dh, dw, oh, ow)
+    got = _offsets_cache.get(key)
+    if got is None:
+        rows = ((np.arange(n, dtype=np.intp)[:, None, None] * hp
+                 + np.arange(oh, dtype=np.intp)[None, :, None] * sh) * wp
+                + np.arange(ow, dtype=np.intp)[None, None, :] * sw) * c
+        taps = ((np.arange(kh, dtype=np.intp)[:, None, None] * dh * wp
+                 + np.arange(kw, dtype=np.intp)[None, :, None] * dw) * c
+                + np.arange(c, dtype=np.intp)[None, None, :])
+        got = rows.reshape(-1), taps.reshape(-1)
+        if len(_offsets_cache) > 64:
+            _offsets_cache.clear()
+        _offsets_cache[key] = got
+    return got
+
+
+def _check_reach(xp, rowoff, koff):
+    """The loops do not check bounds: the last pixel's last tap (both offset lists grow)
+    must lie inside the padded input."""
+    if rowoff.shape[0] and koff.shape[0] and rowoff[-1] + koff[-1] >= xp.size:
+        raise _err(f"internal error: a convolution window reaches past the padded input "
+                   f"{_shp(xp.shape)}; please report this with the op's shapes")
+
+
+def _direct_ok(cd, co, kw, c):
+    """The direct path where it measured faster (bench/README.md): window rows of few
+    elements (kw * C <= _WIDE_MAX_ROW, any stride). With more channels im2col's copies are
+    long runs and BLAS's blocked products won or tied (K = 72 to 800 measured)."""
+    return _DIRECT and kw * c <= _WIDE_MAX_ROW and _gemm.usable(cd, co)
+
+
+def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y):
+    """Forward convolution into ``y`` straight from the padded input (_gemm.gather_matmul)."""
+    n = x.shape[0]
+    k, co = fm.shape
+    xp = _nhwc_input(x, nchw, geo[6:], cd)
+    _, hp, wp, c = xp.shape
+    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
+    _check_reach(xp, rowoff, koff)
+    team = _team_for(2.0 * y.size * k)
+    out = y.reshape(-1, co) if not nchw else np.empty((rowoff.shape[0], co), cd)
+    _gemm.gather_matmul(xp, rowoff, koff, fm, out, team)
+    if nchw:
+        y[...] = out.reshape(n, geo[4], geo[5], co).transpose(_TO_NCHW)
+
+
+def _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd):
+    """Filter gradient (kh * kw * C, O) straight from the padded input: taps x pixels."""
+    n = x.shape[0]
+    co = dyc.shape[1] if nchw else dyc.shape[3]
+    xp = _nhwc_input(x, nchw, geo[6:], cd)
+    _, hp, wp, c = xp.shape
+    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
+    _check_reach(xp, rowoff, koff)
+    d = (dyc.transpose(_TO_NHWC) if nchw else dyc).reshape(-1, co)
+    k = koff.shape[0]
+    team = _team_for(2.0 * rowoff.shape[0] * k * co)
+    out = np.empty((k, co), cd)
+    split = "rows" if k >= 16 * _gemm.MB * team else "k"
+    return _gemm.gather_matmul(xp, koff, rowoff, d, out, team, split)
+
+
 def _conv_core(x, nchw, fm, kh, kw, geo, cd):
     """One-group convolution of ``x`` (NCHW when ``nchw``, else NHWC) with the (kh * kw * C, O)
     filter matrix ``fm`` (dtype ``cd``); geo = (sh, sw, dh, dw, oh, ow, pt, pb, pl, pr).
@@ -528,6 +604,9 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd):
             np.matmul(fm.T, xc.reshape(n, c, oh * ow), out=y.reshape(n, co, oh * ow))
         else:
             np.matmul(xc.reshape(n * oh * ow, c), fm, out=y.reshape(n * oh * ow, co))
+        return y
+    if _direct_ok(cd, co, kw, c):
+        _conv_direct(x, nchw, fm, kh, kw, geo, cd, y)
         return y
     if _wide_ok(geo, kw, c) and _conv_wide(x, nchw, fm, kh, kw, geo, cd, y):
         return y
@@ -581,6 +660,8 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
         for p in range(0, x2.shape[0], _FILTER_GRAD_PIXELS):
             acc += x2[p:p + _FILTER_GRAD_PIXELS].T @ d2[p:p + _FILTER_GRAD_PIXELS]
         return acc.reshape(1, 1, c, co)
+    if _direct_ok(cd, co, kw, c):
+        return _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd).reshape(kh, kw, c, co)
     if _wide_ok(geo, kw, c):
         df = _conv_filter_grad_wide(x, nchw, dyc, kh, kw, geo, cd)
         if df is not None:

@@ -32,3 +32,18 @@ def run_kernel(node_def, inputs, device_type="CPU", ctx=None):
         if t.base_dtype.as_numpy_dtype is not object:
             assert o.dtype == np.dtype(t.base_dtype.as_numpy_dtype), (node.op, o.dtype, t)
     return list(outs)
+
+
+def conv_node_def(op, **attrs):
+    """A NodeDef named "n" for a convolution or pooling op: ``padding``/``data_format`` as
+    strings, lists as int lists, the rest as dtypes."""
+    from mgrt.runtime import dtypes
+    nd = node_def_pb2.NodeDef(name="n", op=op)
+    for k, v in attrs.items():
+        if k in ("padding", "data_format"):
+            nd.attr[k].s = v.encode()
+        elif isinstance(v, list):
+            nd.attr[k].list.i.extend(v)
+        else:
+            nd.attr[k].type = dtypes.as_dtype(v).as_datatype_enum
+    return nd

@@ -9,23 +9,12 @@ import pytest
 
 import mgrt.kernels_cpu.conv_ops as conv_ops
 import mgrt.kernels_cpu.nn_ops as nn_ops
-from kernel_util import run_kernel
-from mgrt.protos import node_def_pb2
-from mgrt.runtime import dtypes
+from kernel_util import conv_node_def, run_kernel
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # kernels stay quiet
 
 
-def _nd(op, **attrs):
-    nd = node_def_pb2.NodeDef(name="n", op=op)
-    for k, v in attrs.items():
-        if k in ("padding", "data_format"):
-            nd.attr[k].s = v.encode()
-        elif isinstance(v, list):
-            nd.attr[k].list.i.extend(v)
-        else:
-            nd.attr[k].type = dtypes.as_dtype(v).as_datatype_enum
-    return nd
+_nd = conv_node_def
 
 
 def _geometry(n, k, d, padding, ep):
@@ -87,7 +76,8 @@ CASES = [
 
 @pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_wide_rows_conv_and_filter_grad_against_reference(case, fmt):
+def test_wide_rows_conv_and_filter_grad_against_reference(case, fmt, monkeypatch):
+    monkeypatch.setattr(conv_ops, "_DIRECT", False)  # float32 direct path: test_conv_direct.py
     xs, fs, dil, padding, ep = CASES[case]
     rs = np.random.RandomState(case)
     x = rs.randn(*xs).astype(np.float32)

@@ -12,7 +12,7 @@ import pytest
 
 import mgrt.kernels_cpu.conv_ops as conv_ops
 from mgrt.kernels_cpu import _team
-from kernel_util import run_kernel
+from kernel_util import conv_node_def, run_kernel
 from mgrt.protos import node_def_pb2
 from mgrt.runtime import dtypes
 
@@ -27,16 +27,7 @@ def teams(monkeypatch):
     return 3
 
 
-def _nd(op, **attrs):
-    nd = node_def_pb2.NodeDef(name="n", op=op)
-    for k, v in attrs.items():
-        if k in ("padding", "data_format"):
-            nd.attr[k].s = v.encode()
-        elif isinstance(v, list):
-            nd.attr[k].list.i.extend(v)
-        else:
-            nd.attr[k].type = dtypes.as_dtype(v).as_datatype_enum
-    return nd
+_nd = conv_node_def
 
 
 def _same(n, k, s, d):

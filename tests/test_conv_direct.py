@@ -1,0 +1,246 @@
+"""The direct convolution path (kernels_cpu/_gemm.py, conv_ops ``_conv_direct`` and
+``_conv_filter_grad_direct``): float32 convolutions with short window rows (kw * C <= 16) and
+output channels a multiple of 8 read the padded input through offsets, in generated numba loops
+compiled with SLP vectorization. Checked against float64 tap-by-tap references: strides,
+dilations, SAME/VALID/EXPLICIT padding, NHWC and NCHW, row counts that leave remainders,
+output channels tiled into 32/16/8 blocks, on one thread and on a team (rows split, and the
+filter gradient's pixels split with per-thread partial sums)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import mgrt.kernels_cpu.conv_ops as conv_ops
+from mgrt.kernels_cpu import _gemm, _team
+from kernel_util import conv_node_def, run_kernel
+from mgrt.runtime.errors import InvalidArgumentError
+
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
+
+def test_generated_loops_are_current():
+    path = os.path.join(os.path.dirname(_gemm.__file__), "_gemm_loops.py")
+    with open(path) as f:
+        assert f.read() == _gemm.source(), "regenerate kernels_cpu/_gemm_loops.py from _gemm.source()"
+
+
+def test_column_blocks():
+    assert _gemm._blocks(8) == [(0, 8)]
+    assert _gemm._blocks(40) == [(0, 32), (32, 8)]
+    assert _gemm._blocks(56) == [(0, 32), (32, 16), (48, 8)]
+    assert _gemm._blocks(64) == [(0, 32), (32, 32)]
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 7, 257, 1030])
+@pytest.mark.parametrize("ncols", [8, 16, 24, 32, 40, 64])
+@pytest.mark.parametrize("team,split", [(1, "rows"), (3, "rows"), (3, "k")])
+def test_gather_matmul_against_numpy(m, ncols, team, split):
+    rs = np.random.RandomState(m * 100 + ncols)
+    k = 37
+    src = rs.randn(5000).astype(np.float32)
+    rowoff = rs.randint(0, 2000, size=m)
+    koff = rs.randint(0, 3000, size=k)
+    b = rs.randn(k, ncols).astype(np.float32)
+    out = np.full((m, ncols), np.nan, np.float32)
+    _gemm.gather_matmul(src, rowoff, koff, b, out, team, split)
+    a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]
+    np.testing.assert_allclose(out, a @ b.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+def test_gather_matmul_readonly_inputs():
+    rs = np.random.RandomState(1)
+    src = rs.randn(100).astype(np.float32)
+    b = rs.randn(5, 8).astype(np.float32)
+    src.flags.writeable = False
+    b.flags.writeable = False
+    out = np.empty((6, 8), np.float32)
+    rowoff, koff = np.arange(6) * 10, np.arange(5)
+    _gemm.gather_matmul(src, rowoff, koff, b, out)
+    np.testing.assert_allclose(out, src[rowoff[:, None] + koff] @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_usable():
+    assert _gemm.usable(np.float32, 16)
+    assert not _gemm.usable(np.float32, 12)   # not a multiple of 8
+    assert not _gemm.usable(np.float64, 16)   # float32 only
+    assert not _gemm.usable(np.float32, 0)
+
+
+# --- the convolutions --------------------------------------------------------------------------
+_nd = conv_node_def
+
+
+def _dim(n, k, s, d, padding, ep):
+    eff = (k - 1) * d + 1
+    if padding == "VALID":
+        return (n - eff) // s + 1, 0, 0
+    if padding == "SAME":
+        o = -(-n // s)
+        need = max(0, (o - 1) * s + eff - n)
+        return o, need // 2, need - need // 2
+    return (n + ep[0] + ep[1] - eff) // s + 1, ep[0], ep[1]
+
+
+def _ref(x, f, st, dil, padding, ep):
+    """float64 NHWC convolution (loop over taps), the padded input and the output size."""
+    n, h, w, c = x.shape
+    kh, kw, _, co = f.shape
+    oh, pt, pb = _dim(h, kh, st[0], dil[0], padding, ep[:2])
+    ow, pl, pr = _dim(w, kw, st[1], dil[1], padding, ep[2:])
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    y = np.zeros((n, oh, ow, co))
+    taps = {}
+    for i in range(kh):
+        for j in range(kw):
+            t = xp[:, i * dil[0]:i * dil[0] + (oh - 1) * st[0] + 1:st[0],
+                   j * dil[1]:j * dil[1] + (ow - 1) * st[1] + 1:st[1], :]
+            taps[i, j] = t
+            y += t @ f[i, j].astype(np.float64)
+    return y, taps
+
+
+def _ref_filter_grad(taps, dy, shape):
+    kh, kw, c, co = shape
+    df = np.zeros(shape)
+    d2 = dy.astype(np.float64).reshape(-1, co)
+    for (i, j), t in taps.items():
+        df[i, j] = t.reshape(-1, c).T @ d2
+    return df
+
+
+CASES = [
+    # x NHWC, filter, strides, dilations, padding, explicit pads
+    ((4, 28, 28, 1), (5, 5, 1, 16), (1, 1), (1, 1), "SAME", None),     # the benchmark's conv0
+    ((3, 17, 23, 3), (5, 5, 3, 16), (1, 1), (1, 1), "VALID", None),
+    ((2, 19, 16, 3), (3, 3, 3, 8), (2, 2), (1, 1), "SAME", None),
+    ((2, 21, 18, 2), (3, 4, 2, 24), (2, 3), (1, 1), "VALID", None),
+    ((2, 15, 21, 1), (2, 4, 1, 40), (1, 1), (2, 3), "SAME", None),
+    ((3, 12, 13, 4), (3, 4, 4, 32), (1, 2), (1, 1), "EXPLICIT", (1, 2, 0, 3)),
+    ((1, 9, 11, 16), (3, 1, 16, 8), (1, 1), (1, 1), "SAME", None),     # kw * C = 16
+    ((2, 7, 7, 1), (7, 7, 1, 64), (3, 3), (1, 1), "SAME", None),
+]
+
+
+def _attrs(padding, st, dil, fmt, ep):
+    if fmt == "NCHW":
+        a = dict(T="float32", strides=[1, 1, *st], dilations=[1, 1, *dil])
+    else:
+        a = dict(T="float32", strides=[1, *st, 1], dilations=[1, *dil, 1])
+    a.update(padding=padding, data_format=fmt)
+    if padding == "EXPLICIT":
+        pairs = [0, 0, ep[0], ep[1], ep[2], ep[3], 0, 0]
+        a["explicit_paddings"] = [0, 0, 0, 0] + pairs[2:6] if fmt == "NCHW" else pairs
+    return a
+
+
+@pytest.fixture(params=["one thread", "team"])
+def threads(request, monkeypatch):
+    if request.param == "team":  # three threads (more than this machine's cores), any size
+        monkeypatch.setattr(conv_ops, "_TEAM_MIN_FLOPS", 0)
+        monkeypatch.setattr(_team, "_FIXED", 3)
+    else:
+        monkeypatch.setattr(_team, "_FIXED", 1)
+    return request.param
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the direct path's products (so a test knows which path ran)."""
+    calls = []
+    real = _gemm.gather_matmul
+
+    def counting(*a, **kw):
+        calls.append(a[4].shape)
+        return real(*a, **kw)
+    monkeypatch.setattr(_gemm, "gather_matmul", counting)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_direct_conv_and_filter_grad_against_reference(case, fmt, threads, direct_calls):
+    xs, fs, st, dil, padding, ep = CASES[case]
+    rs = np.random.RandomState(case)
+    x = rs.randn(*xs).astype(np.float32)
+    f = rs.randn(*fs).astype(np.float32)
+    want, taps = _ref(x, f, st, dil, padding, ep or (0, 0, 0, 0))
+    attrs = _attrs(padding, st, dil, fmt, ep)
+    nchw = fmt == "NCHW"
+    xi = x.transpose(0, 3, 1, 2) if nchw else x
+    (y,) = run_kernel(_nd("Conv2D", **attrs), [xi, f])
+    assert len(direct_calls) == 1
+    assert y.dtype == np.float32
+    got = y.transpose(0, 2, 3, 1) if nchw else y
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    dy = rs.randn(*want.shape).astype(np.float32)
+    dyi = dy.transpose(0, 3, 1, 2) if nchw else dy
+    (df,) = run_kernel(_nd("Conv2DBackpropFilter", **attrs), [xi, np.array(fs, np.int32), dyi])
+    assert len(direct_calls) == 2
+    np.testing.assert_allclose(df, _ref_filter_grad(taps, dy, fs), rtol=1e-4, atol=2e-3)
+
+
+def test_direct_path_only_where_it_wins(direct_calls):
+    rs = np.random.RandomState(3)
+    attrs = _attrs("SAME", (1, 1), (1, 1), "NHWC", None)
+    for xs, fs in (((2, 8, 8, 16), (3, 3, 16, 16)),   # kw * C = 48: im2col
+                   ((2, 8, 8, 1), (3, 3, 1, 12))):    # 12 output channels: not a multiple of 8
+        run_kernel(_nd("Conv2D", **attrs), [rs.randn(*xs).astype(np.float32),
+                                            rs.randn(*fs).astype(np.float32)])
+    attrs64 = dict(attrs, T="float64")
+    run_kernel(_nd("Conv2D", **attrs64), [rs.randn(2, 8, 8, 1), rs.randn(3, 3, 1, 8)])
+    assert direct_calls == []
+
+
+def test_direct_path_off_gives_the_same(monkeypatch):
+    rs = np.random.RandomState(5)
+    x = rs.randn(3, 20, 20, 2).astype(np.float32)
+    f = rs.randn(5, 5, 2, 16).astype(np.float32)
+    attrs = _attrs("SAME", (1, 1), (1, 1), "NHWC", None)
+    (a,) = run_kernel(_nd("Conv2D", **attrs), [x, f])
+    monkeypatch.setattr(conv_ops, "_DIRECT", False)
+    (b,) = run_kernel(_nd("Conv2D", **attrs), [x, f])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_and_inf_reach_exactly_their_windows(threads):
+    x = np.ones((1, 9, 9, 1), np.float32)
+    x[0, 2, 3, 0] = np.nan
+    x[0, 7, 7, 0] = np.inf
+    f = np.full((3, 3, 1, 8), 0.5, np.float32)
+    attrs = _attrs("VALID", (1, 1), (1, 1), "NHWC", None)
+    (y,) = run_kernel(_nd("Conv2D", **attrs), [x, f])
+    nan = np.zeros((7, 7), bool)
+    nan[0:3, 1:4] = True
+    inf = np.zeros((7, 7), bool)
+    inf[5:7, 5:7] = True
+    np.testing.assert_array_equal(np.isnan(y[0, :, :, 0]), nan)
+    np.testing.assert_array_equal(np.isposinf(y[0, :, :, 0]), inf)
+    np.testing.assert_array_equal(y[0][~nan & ~inf], 4.5)
+
+
+def test_readonly_feeds():
+    rs = np.random.RandomState(2)
+    x = rs.randn(2, 10, 10, 1).astype(np.float32)
+    f = rs.randn(3, 3, 1, 8).astype(np.float32)
+    x.flags.writeable = False
+    f.flags.writeable = False
+    attrs = _attrs("VALID", (1, 1), (1, 1), "NHWC", None)  # no padding: x is read in place
+    (y,) = run_kernel(_nd("Conv2D", **attrs), [x, f])
+    np.testing.assert_allclose(y, _ref(x, f, (1, 1), (1, 1), "VALID", (0,) * 4)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_window_past_the_input_is_refused():
+    xp = np.zeros((1, 4, 4, 1), np.float32)
+    rowoff, koff = conv_ops._direct_offsets(1, 4, 4, 1, 3, 3, (1, 1, 1, 1, 3, 3))
+    with pytest.raises(InvalidArgumentError, match="reaches past the padded input"):
+        conv_ops._check_reach(xp, rowoff, koff)
+    conv_ops._check_reach(np.zeros((1, 5, 5, 1), np.float32), *conv_ops._direct_offsets(
+        1, 5, 5, 1, 3, 3, (1, 1, 1, 1, 3, 3)))
+
+
+def test_jit_off_turns_the_path_off(monkeypatch):
+    from mgrt.kernels_cpu import _jit
+    monkeypatch.setitem(_jit._state, "on", False)
+    assert not _gemm.usable(np.float32, 16)
