@@ -33,7 +33,7 @@ from mgrt.kernels_cpu import _jit, _team
 NBS = (32, 16, 8)  # column blocks: out channels are tiled into these
 MB = 4             # rows per block: MB x NB sums (16 vector registers at NB = 32)
 _DTYPES = (np.dtype(np.float32),)
-_ITEM_ROWS = 256   # rows per team item (a multiple of MB)
+_ITEM_ROWS = 256   # rows per team item at most (a multiple of MB)
 
 _kernels = {}
 
@@ -113,13 +113,12 @@ def _writable(a):
     return a if a.flags.writeable else a.copy()
 
 
-def _rows(fn, src, rowoff, koff, b, out, m0, m1, acc, z):
-    """Rows m0:m1 (the MB-row blocks, then the rest one by one)."""
-    nb = out.shape[1]
-    fn(src, rowoff, koff, b, out, m0, m1, acc, z)
+def _rows(fns, src, rowoff, koff, b, out, m0, m1, acc, z):
+    """Rows m0:m1: the MB-row blocks with fns[0], then the rest one by one with fns[1]."""
+    fns[0](src, rowoff, koff, b, out, m0, m1, acc, z)
     rest = (m1 - m0) % MB
     if rest:
-        _kernel(nb, 1, src.dtype)(src, rowoff, koff, b, out, m1 - rest, m1, acc, z)
+        fns[1](src, rowoff, koff, b, out, m1 - rest, m1, acc, z)
 
 
 def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
@@ -137,12 +136,13 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
     for j0, nb in _blocks(out.shape[1]):
         bt = _writable(np.ascontiguousarray(b[:, j0:j0 + nb]))
         ot = out if whole else np.empty((m, nb), dt)
-        fn = _kernel(nb, MB, dt)
+        fns = (_kernel(nb, MB, dt), _kernel(nb, 1, dt))  # compiled here, not on a team thread
         if team <= 1 or m == 0:
-            _rows(fn, src, rowoff, koff, bt, ot, 0, m, False, z)
+            _rows(fns, src, rowoff, koff, bt, ot, 0, m, False, z)
         elif split == "rows":
-            items = [(a, min(m, a + _ITEM_ROWS)) for a in range(0, m, _ITEM_ROWS)]
-            _team.run(lambda it, tid: _rows(fn, src, rowoff, koff, bt, ot, it[0], it[1],
+            step = min(_ITEM_ROWS, -(-m // (team * 4 * MB)) * MB)  # >= 4 items per thread
+            items = [(a, min(m, a + step)) for a in range(0, m, step)]
+            _team.run(lambda it, tid: _rows(fns, src, rowoff, koff, bt, ot, it[0], it[1],
                                             False, z), items, team)
         else:
             nk = koff.shape[0]
@@ -154,7 +154,7 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
                 p = parts.get(tid)
                 if p is None:
                     p = parts[tid] = np.zeros((m, nb), dt)
-                _rows(fn, src, rowoff, koff[it[0]:it[1]], bt[it[0]:it[1]], p, 0, m, True, z)
+                _rows(fns, src, rowoff, koff[it[0]:it[1]], bt[it[0]:it[1]], p, 0, m, True, z)
             _team.run(part, items, team)
             acc = None
             for tid in sorted(parts):
