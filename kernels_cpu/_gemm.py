@@ -132,12 +132,14 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
     koff = np.ascontiguousarray(koff, dtype=np.intp)
     z = dt.type(0)
     m = out.shape[0]
-    whole = len(_blocks(out.shape[1])) == 1
-    for j0, nb in _blocks(out.shape[1]):
+    blocks = _blocks(out.shape[1])
+    whole = len(blocks) == 1
+    nk = koff.shape[0]
+    for j0, nb in blocks:
         bt = _writable(np.ascontiguousarray(b[:, j0:j0 + nb]))
         ot = out if whole else np.empty((m, nb), dt)
         fns = (_kernel(nb, MB, dt), _kernel(nb, 1, dt))  # compiled here, not on a team thread
-        if team <= 1 or m == 0:
+        if team <= 1 or m == 0 or nk == 0:
             _rows(fns, src, rowoff, koff, bt, ot, 0, m, False, z)
         elif split == "rows":
             step = min(_ITEM_ROWS, -(-m // (team * 4 * MB)) * MB)  # >= 4 items per thread
@@ -145,21 +147,13 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
             _team.run(lambda it, tid: _rows(fns, src, rowoff, koff, bt, ot, it[0], it[1],
                                             False, z), items, team)
         else:
-            nk = koff.shape[0]
             step = -(-nk // (team * 4))
             items = [(a, min(nk, a + step)) for a in range(0, nk, step)]
-            parts = {}
-
-            def part(it, tid):
-                p = parts.get(tid)
-                if p is None:
-                    p = parts[tid] = np.zeros((m, nb), dt)
-                _rows(fns, src, rowoff, koff[it[0]:it[1]], bt[it[0]:it[1]], p, 0, m, True, z)
-            _team.run(part, items, team)
-            acc = None
-            for tid in sorted(parts):
-                acc = parts[tid] if acc is None else acc + parts[tid]
-            ot[...] = acc
+            parts = _team.Scratch((m, nb), dt, zeros=True)
+            _team.run(lambda it, tid: _rows(fns, src, rowoff, koff[it[0]:it[1]],
+                                            bt[it[0]:it[1]], parts.get(tid), 0, m, True, z),
+                      items, team)
+            ot[...] = parts.total()
         if not whole:
             out[:, j0:j0 + nb] = ot
     return out

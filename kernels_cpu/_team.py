@@ -198,13 +198,22 @@ def blocks(fn, n, threads):
 
 
 class Scratch:
-    """One lazily allocated buffer per thread id: ``get(tid)``."""
+    """One lazily allocated buffer per thread id: ``get(tid)``. With ``zeros`` the buffers
+    start at zero and hold per-thread partial sums: ``total()`` adds them in thread order."""
 
-    def __init__(self, size, dtype):
-        self.size, self.dtype, self.bufs = size, dtype, {}
+    def __init__(self, shape, dtype, zeros=False):
+        self.shape, self.dtype, self.bufs = shape, dtype, {}
+        self._new = np.zeros if zeros else np.empty
 
     def get(self, tid):
         buf = self.bufs.get(tid)
         if buf is None:
-            buf = self.bufs[tid] = np.empty(self.size, self.dtype)
+            buf = self.bufs[tid] = self._new(self.shape, self.dtype)
         return buf
+
+    def total(self):
+        """The threads' buffers added in thread order (None where no thread took one)."""
+        acc = None
+        for tid in sorted(self.bufs):
+            acc = self.bufs[tid] if acc is None else acc + self.bufs[tid]
+        return acc

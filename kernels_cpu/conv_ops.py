@@ -337,14 +337,6 @@ def _team_for(flops):
     return _team.team_size() if flops >= _TEAM_MIN_FLOPS else 1
 
 
-def _sum_parts(parts):
-    """The threads' partial sums (tid -> array) added in thread order."""
-    acc = None
-    for tid in sorted(parts):
-        acc = parts[tid] if acc is None else acc + parts[tid]
-    return acc
-
-
 def _scratch(chunks, ow, per_pixel, dt):
     """One flat buffer big enough for the largest chunk."""
     most = max((b1 - b0) * (r1 - r0) for b0, b1, r0, r1 in chunks) * ow
@@ -546,6 +538,15 @@ def _check_reach(xp, rowoff, koff):
                    f"{_shp(xp.shape)}; please report this with the op's shapes")
 
 
+def _direct_input(x, nchw, kh, kw, geo, cd):
+    """(padded NHWC input, pixel corners, tap offsets) for a direct product, checked."""
+    xp = _nhwc_input(x, nchw, geo[6:], cd)
+    n, hp, wp, c = xp.shape
+    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
+    _check_reach(xp, rowoff, koff)
+    return xp, rowoff, koff
+
+
 def _direct_ok(cd, co, kw, c):
     """The direct path where it measured faster (bench/README.md): window rows of few
     elements (kw * C <= _WIDE_MAX_ROW, any stride). With more channels im2col's copies are
@@ -557,10 +558,7 @@ def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y):
     """Forward convolution into ``y`` straight from the padded input (_gemm.gather_matmul)."""
     n = x.shape[0]
     k, co = fm.shape
-    xp = _nhwc_input(x, nchw, geo[6:], cd)
-    _, hp, wp, c = xp.shape
-    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
-    _check_reach(xp, rowoff, koff)
+    xp, rowoff, koff = _direct_input(x, nchw, kh, kw, geo, cd)
     team = _team_for(2.0 * y.size * k)
     out = y.reshape(-1, co) if not nchw else np.empty((rowoff.shape[0], co), cd)
     _gemm.gather_matmul(xp, rowoff, koff, fm, out, team)
@@ -570,12 +568,8 @@ def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y):
 
 def _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd):
     """Filter gradient (kh * kw * C, O) straight from the padded input: taps x pixels."""
-    n = x.shape[0]
     co = dyc.shape[1] if nchw else dyc.shape[3]
-    xp = _nhwc_input(x, nchw, geo[6:], cd)
-    _, hp, wp, c = xp.shape
-    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
-    _check_reach(xp, rowoff, koff)
+    xp, rowoff, koff = _direct_input(x, nchw, kh, kw, geo, cd)
     d = (dyc.transpose(_TO_NHWC) if nchw else dyc).reshape(-1, co)
     k = koff.shape[0]
     team = _team_for(2.0 * rowoff.shape[0] * k * co)
@@ -672,7 +666,7 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
     chunks = _chunks(n, oh, ow, k * np.dtype(cd).itemsize, xp.nbytes + dyc.nbytes,
                      _FILTER_GRAD_PIXELS, team)
     bufs = _team_scratch(chunks, ow, k, cd)
-    accs = {}
+    accs = _team.Scratch((k, co), cd, zeros=True)  # per-thread partial sums
 
     def chunk(ch, tid):
         b0, b1, r0, r1 = ch
@@ -683,12 +677,9 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
         d = _rows(dyc, nchw, b0, b1, r0, r1)
         if nchw:  # the chunk's out_backprop as NHWC rows (a small copy)
             d = d.transpose(0, 2, 1).copy()
-        acc = accs.get(tid)
-        if acc is None:
-            acc = accs[tid] = np.zeros((k, co), cd)
-        acc += cols.reshape(-1, k).T @ d.reshape(-1, co)
+        accs.get(tid)[...] += cols.reshape(-1, k).T @ d.reshape(-1, co)
     _team.run(chunk, chunks, team)
-    return _sum_parts(accs).reshape(kh, kw, c, co)
+    return accs.total().reshape(kh, kw, c, co)
 
 
 def _phase_taps(k, d, s, pad, a):
