@@ -501,11 +501,13 @@ def _conv_filter_grad_wide(x, nchw, dy, kh, kw, geo, cd):
 
 
 # --- direct convolutions (kernels_cpu/_gemm.py) ----------------------------------------------
-# float32 convolutions with few input channels (short window rows) and output channels a
-# multiple of 8 read the padded input through offsets (no patch matrix): every output pixel's
-# window corner (rowoff) plus every tap and channel (koff). The filter gradient is the same
-# product with the roles swapped.
+# float32 convolutions with up to _DIRECT_MAX_C input channels and output channels a multiple
+# of 8 read the padded input through offsets (no patch matrix): every output pixel's window
+# corner (rowoff) plus every tap and channel (koff). The filter gradient is the same product
+# with the roles swapped; the input gradient is a convolution of out_backprop (phases), so it
+# takes this path when out_backprop has few enough channels.
 _DIRECT = True
+_DIRECT_MAX_C = 32  # with 64 channels im2col's copies are long runs and BLAS ties (measured)
 _offsets_cache = {}
 
 
@@ -547,11 +549,11 @@ def _direct_input(x, nchw, kh, kw, geo, cd):
     return xp, rowoff, koff
 
 
-def _direct_ok(cd, co, kw, c):
-    """The direct path where it measured faster (bench/README.md): window rows of few
-    elements (kw * C <= _WIDE_MAX_ROW, any stride). With more channels im2col's copies are
-    long runs and BLAS's blocked products won or tied (K = 72 to 800 measured)."""
-    return _DIRECT and kw * c <= _WIDE_MAX_ROW and _gemm.usable(cd, co)
+def _direct_ok(cd, co, c):
+    """The direct path where it measured faster (bench/README.md): up to _DIRECT_MAX_C input
+    channels (1.3-3x faster than im2col for the benchmark CNN's convolutions, forward and
+    both gradients; tied at 64)."""
+    return _DIRECT and c <= _DIRECT_MAX_C and _gemm.usable(cd, co)
 
 
 def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y):
@@ -599,7 +601,7 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd):
         else:
             np.matmul(xc.reshape(n * oh * ow, c), fm, out=y.reshape(n * oh * ow, co))
         return y
-    if _direct_ok(cd, co, kw, c):
+    if _direct_ok(cd, co, c):
         _conv_direct(x, nchw, fm, kh, kw, geo, cd, y)
         return y
     if _wide_ok(geo, kw, c) and _conv_wide(x, nchw, fm, kh, kw, geo, cd, y):
@@ -654,7 +656,7 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
         for p in range(0, x2.shape[0], _FILTER_GRAD_PIXELS):
             acc += x2[p:p + _FILTER_GRAD_PIXELS].T @ d2[p:p + _FILTER_GRAD_PIXELS]
         return acc.reshape(1, 1, c, co)
-    if _direct_ok(cd, co, kw, c):
+    if _direct_ok(cd, co, c):
         return _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd).reshape(kh, kw, c, co)
     if _wide_ok(geo, kw, c):
         df = _conv_filter_grad_wide(x, nchw, dyc, kh, kw, geo, cd)

@@ -1,8 +1,9 @@
 """The direct convolution path (kernels_cpu/_gemm.py, conv_ops ``_conv_direct`` and
-``_conv_filter_grad_direct``): float32 convolutions with short window rows (kw * C <= 16) and
-output channels a multiple of 8 read the padded input through offsets, in generated numba loops
-compiled with SLP vectorization. Checked against float64 tap-by-tap references: strides,
-dilations, SAME/VALID/EXPLICIT padding, NHWC and NCHW, row counts that leave remainders,
+``_conv_filter_grad_direct``): float32 convolutions with up to 32 input channels and output
+channels a multiple of 8 read the padded input through offsets, in generated numba loops
+compiled with SLP vectorization; the input gradient takes it as a convolution of out_backprop.
+Checked against float64 tap-by-tap references: strides, dilations, SAME/VALID/EXPLICIT
+padding, NHWC and NCHW, row counts that leave remainders, reductions longer than one k block,
 output channels tiled into 32/16/8 blocks, on one thread and on a team (rows split, and the
 filter gradient's pixels split with per-thread partial sums)."""
 
@@ -32,12 +33,13 @@ def test_column_blocks():
     assert _gemm._blocks(64) == [(0, 32), (32, 32)]
 
 
-@pytest.mark.parametrize("m", [1, 3, 4, 7, 257, 1030])
+@pytest.mark.parametrize("m", [1, 3, 8, 15, 257, 1030])
 @pytest.mark.parametrize("ncols", [8, 16, 24, 32, 40, 64])
 @pytest.mark.parametrize("team,split", [(1, "rows"), (3, "rows"), (3, "k")])
-def test_gather_matmul_against_numpy(m, ncols, team, split):
-    rs = np.random.RandomState(m * 100 + ncols)
-    k = 37
+@pytest.mark.parametrize("k", [0, 37, 100])
+def test_gather_matmul_against_numpy(m, ncols, team, split, k, monkeypatch):
+    monkeypatch.setattr(_gemm, "_K_BLOCK", 32)  # k = 37 and 100: two and four blocks
+    rs = np.random.RandomState(m * 100 + ncols + k)
     src = rs.randn(5000).astype(np.float32)
     rowoff = rs.randint(0, 2000, size=m)
     koff = rs.randint(0, 3000, size=k)
@@ -119,6 +121,8 @@ CASES = [
     ((3, 12, 13, 4), (3, 4, 4, 32), (1, 2), (1, 1), "EXPLICIT", (1, 2, 0, 3)),
     ((1, 9, 11, 16), (3, 1, 16, 8), (1, 1), (1, 1), "SAME", None),     # kw * C = 16
     ((2, 7, 7, 1), (7, 7, 1, 64), (3, 3), (1, 1), "SAME", None),
+    ((3, 14, 14, 16), (5, 5, 16, 32), (1, 1), (1, 1), "SAME", None),   # the benchmark's conv1
+    ((2, 9, 10, 32), (3, 3, 32, 24), (2, 1), (1, 2), "VALID", None),   # 32 channels
 ]
 
 
@@ -180,10 +184,54 @@ def test_direct_conv_and_filter_grad_against_reference(case, fmt, threads, direc
     np.testing.assert_allclose(df, _ref_filter_grad(taps, dy, fs), rtol=1e-4, atol=2e-3)
 
 
+def _ref_input_grad(dy, f, xs, st, dil, padding, ep):
+    """float64 NHWC input gradient: each tap's out_backprop times the tap's filter, added back
+    into the padded input's positions, the padding cut off."""
+    n, h, w, c = xs
+    kh, kw, _, co = f.shape
+    oh, pt, pb = _dim(h, kh, st[0], dil[0], padding, ep[:2])
+    ow, pl, pr = _dim(w, kw, st[1], dil[1], padding, ep[2:])
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c))
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i * dil[0]:i * dil[0] + (oh - 1) * st[0] + 1:st[0],
+                j * dil[1]:j * dil[1] + (ow - 1) * st[1] + 1:st[1], :] += \
+                dy.astype(np.float64) @ f[i, j].astype(np.float64).T
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+INPUT_GRAD_CASES = [  # out_backprop channels (the filter's O) <= 32, C a multiple of 8
+    ((3, 14, 14, 16), (5, 5, 16, 32), (1, 1), (1, 1), "SAME", None),   # the benchmark's conv1
+    ((2, 11, 9, 8), (3, 3, 8, 16), (2, 2), (1, 1), "SAME", None),      # four phases
+    ((2, 12, 13, 24), (3, 2, 24, 8), (1, 1), (2, 1), "VALID", None),
+    ((1, 9, 9, 16), (3, 3, 16, 16), (2, 3), (1, 1), "EXPLICIT", (2, 1, 0, 2)),
+]
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(INPUT_GRAD_CASES)))
+def test_direct_input_grad_against_reference(case, fmt, threads, direct_calls):
+    xs, fs, st, dil, padding, ep = INPUT_GRAD_CASES[case]
+    ep = ep or (0, 0, 0, 0)
+    rs = np.random.RandomState(10 + case)
+    f = rs.randn(*fs).astype(np.float32)
+    oh = _dim(xs[1], fs[0], st[0], dil[0], padding, ep[:2])[0]
+    ow = _dim(xs[2], fs[1], st[1], dil[1], padding, ep[2:])[0]
+    dy = rs.randn(xs[0], oh, ow, fs[3]).astype(np.float32)
+    nchw = fmt == "NCHW"
+    sizes = np.array([xs[0], xs[3], xs[1], xs[2]] if nchw else xs, np.int32)
+    (dx,) = run_kernel(_nd("Conv2DBackpropInput", **_attrs(padding, st, dil, fmt, ep)),
+                       [sizes, f, dy.transpose(0, 3, 1, 2) if nchw else dy])
+    assert direct_calls  # one product per phase
+    got = dx.transpose(0, 2, 3, 1) if nchw else dx
+    np.testing.assert_allclose(got, _ref_input_grad(dy, f, xs, st, dil, padding, ep),
+                               rtol=1e-4, atol=2e-3)
+
+
 def test_direct_path_only_where_it_wins(direct_calls):
     rs = np.random.RandomState(3)
     attrs = _attrs("SAME", (1, 1), (1, 1), "NHWC", None)
-    for xs, fs in (((2, 8, 8, 16), (3, 3, 16, 16)),   # kw * C = 48: im2col
+    for xs, fs in (((2, 8, 8, 64), (3, 3, 64, 16)),   # 64 input channels: im2col
                    ((2, 8, 8, 1), (3, 3, 1, 12))):    # 12 output channels: not a multiple of 8
         run_kernel(_nd("Conv2D", **attrs), [rs.randn(*xs).astype(np.float32),
                                             rs.randn(*fs).astype(np.float32)])
