@@ -157,11 +157,14 @@ def _rows(fns, src, rowoff, koff, b, out, m0, m1, acc, z):
         fns[1](src, rowoff, koff, b, out, m1 - rest, m1, acc, z, _K_BLOCK)
 
 
-def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
+def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows", post=None):
     """``out`` (M, O), C-contiguous, gets sum_k src[rowoff[m] + koff[k]] * b[k, :] (``b``
     (K, O)); every offset must lie inside ``src`` (not checked: the callers build them).
-    On a ``team`` of threads the rows are split (``split="rows"``) or, for few rows and a long
-    reduction, the k range is (``split="k"``: per-thread partial sums, added in thread order)."""
+    On a team of threads the rows are split (``split="rows"``) or, for few rows and a long
+    reduction, the k range is (``split="k"``: per-thread partial sums, added in thread order).
+    ``post(rows)``, when given, is applied in place to finished runs of rows (2-D views of
+    ``out``: per team item while they are in cache where the rows are split and O is one
+    column block, else once to all of ``out``): a fused bias and activation."""
     dt = src.dtype
     src = _writable(np.ascontiguousarray(src).reshape(-1))
     rowoff = np.ascontiguousarray(rowoff, dtype=np.intp).view(np.uintp)  # all >= 0
@@ -171,17 +174,23 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
     blocks = _blocks(out.shape[1])
     whole = len(blocks) == 1
     nk = koff.shape[0]
+    rows_post = post if whole and split == "rows" else None
     for j0, nb in blocks:
         bt = _aligned(b[:, j0:j0 + nb])
         ot = out if whole else np.empty((m, nb), dt)
         fns = (_kernel(nb, MB, dt), _kernel(nb, 1, dt))  # compiled here, not on a team thread
         if team <= 1 or m == 0 or nk == 0:
             _rows(fns, src, rowoff, koff, bt, ot, 0, m, False, z)
+            if rows_post is not None:
+                rows_post(ot)
         elif split == "rows":
             step = -(-m // (team * _ITEMS * MB)) * MB
-            items = [(a, min(m, a + step)) for a in range(0, m, step)]
-            _team.run(lambda it, tid: _rows(fns, src, rowoff, koff, bt, ot, it[0], it[1],
-                                            False, z), items, team)
+
+            def item(it, tid):
+                _rows(fns, src, rowoff, koff, bt, ot, it[0], it[1], False, z)
+                if rows_post is not None:
+                    rows_post(ot[it[0]:it[1]])
+            _team.run(item, [(a, min(m, a + step)) for a in range(0, m, step)], team)
         else:
             step = -(-nk // (team * _ITEMS))
             items = [(a, min(nk, a + step)) for a in range(0, nk, step)]
@@ -192,4 +201,6 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows"):
             ot[...] = parts.total()
         if not whole:
             out[:, j0:j0 + nb] = ot
+    if post is not None and rows_post is None:
+        post(out)
     return out

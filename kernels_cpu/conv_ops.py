@@ -84,8 +84,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from mgrt.runtime import dtypes
 from mgrt.runtime.errors import InvalidArgumentError, UnimplementedError
-from mgrt.runtime.kernel_registry import register
-from mgrt.kernels_cpu import _gemm, _jit, _team
+from mgrt.runtime import kernel_registry
+from mgrt.runtime.kernel_registry import register, register_fused
+from mgrt.kernels_cpu import _gemm, _jit, _team, nn_ops
 from mgrt.kernels_cpu._dtypes import (BF16 as _BF16, F16 as _F16, F32 as _F32,  # noqa: F401
                                       F64 as _F64, FLOAT_T as _FLOAT_T, HALF_T as _HALF_T,
                                       INDEX_T as _INDEX_T, INT_T as _INT_T, LOW as _LOW,
@@ -556,14 +557,14 @@ def _direct_ok(cd, co, c):
     return _DIRECT and c <= _DIRECT_MAX_C and _gemm.usable(cd, co)
 
 
-def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y):
+def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y, post=None):
     """Forward convolution into ``y`` straight from the padded input (_gemm.gather_matmul)."""
     n = x.shape[0]
     k, co = fm.shape
     xp, rowoff, koff = _direct_input(x, nchw, kh, kw, geo, cd)
     team = _team_for(2.0 * y.size * k)
     out = y.reshape(-1, co) if not nchw else np.empty((rowoff.shape[0], co), cd)
-    _gemm.gather_matmul(xp, rowoff, koff, fm, out, team)
+    _gemm.gather_matmul(xp, rowoff, koff, fm, out, team, post=post)
     if nchw:
         y[...] = out.reshape(n, geo[4], geo[5], co).transpose(_TO_NCHW)
 
@@ -580,32 +581,40 @@ def _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd):
     return _gemm.gather_matmul(xp, koff, rowoff, d, out, team, split)
 
 
-def _conv_core(x, nchw, fm, kh, kw, geo, cd):
+def _conv_core(x, nchw, fm, kh, kw, geo, cd, post=None):
     """One-group convolution of ``x`` (NCHW when ``nchw``, else NHWC) with the (kh * kw * C, O)
     filter matrix ``fm`` (dtype ``cd``); geo = (sh, sw, dh, dw, oh, ow, pt, pb, pl, pr).
-    Returns the output in ``x``'s layout, dtype ``cd``."""
+    Returns the output in ``x``'s layout, dtype ``cd``. ``post`` (NHWC only: a fused bias and
+    ReLU) is applied in place to (pixels, O) runs of the output: on the direct and im2col paths
+    to each run as it is finished (still in cache), on the others once to the whole output."""
+    assert post is None or not nchw
     n = x.shape[0]
     c = x.shape[1] if nchw else x.shape[3]
     k, co = fm.shape
     sh, sw, dh, dw, oh, ow, pt, pb, pl, pr = geo
     y = np.empty((n, co, oh, ow) if nchw else (n, oh, ow, co), cd)
+
+    def whole():
+        if post is not None and y.size:
+            post(y.reshape(-1, co))
+        return y
     if y.size == 0:
         return y
     if k == 0:
         y[...] = 0
-        return y
+        return whole()
     if kh == kw == 1 and sh == sw == 1 and not (pt or pb or pl or pr):  # 1x1: a plain matmul
         xc = np.ascontiguousarray(x, dtype=cd)
         if nchw:  # per image: (O, C) @ (C, H*W), no transposes
             np.matmul(fm.T, xc.reshape(n, c, oh * ow), out=y.reshape(n, co, oh * ow))
         else:
             np.matmul(xc.reshape(n * oh * ow, c), fm, out=y.reshape(n * oh * ow, co))
-        return y
+        return whole()
     if _direct_ok(cd, co, c):
-        _conv_direct(x, nchw, fm, kh, kw, geo, cd, y)
+        _conv_direct(x, nchw, fm, kh, kw, geo, cd, y, post)
         return y
     if _wide_ok(geo, kw, c) and _conv_wide(x, nchw, fm, kh, kw, geo, cd, y):
-        return y
+        return whole()
     xp = _nhwc_input(x, nchw, (pt, pb, pl, pr), cd)
     p = _patches(xp, kh, kw, sh, sw, dh, dw, oh, ow)
     team = _team_for(2.0 * y.size * k)
@@ -625,7 +634,9 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd):
             t = np.matmul(cols, fm, out=tmps.get(tid)[:m * co].reshape(m, co))
             y[b0:b1, :, r0:r1, :] = t.reshape(nb, rows, ow, co).transpose(0, 3, 1, 2)
         else:
-            np.matmul(cols, fm, out=_rows(y, False, b0, b1, r0, r1).reshape(m, co))
+            t = np.matmul(cols, fm, out=_rows(y, False, b0, b1, r0, r1).reshape(m, co))
+            if post is not None:
+                post(t)
     _team.run(chunk, chunks, team)
     return y
 
@@ -820,29 +831,82 @@ def _conv2d_grouped_nhwc(x, f, ca, cd, g):
     return np.ascontiguousarray(y).reshape(n, oh, ow, co)
 
 
-@register("Conv2D", "CPU", type_constraints={"T": _CONV_T})
-def _conv2d(node, ctx):
+def _conv2d_fn(node):
+    """The Conv2D kernel's function ``run(x, f, post=None)`` (``post``: see _conv_core; only
+    for NHWC and a dtype computed as itself, float32 or float64)."""
     ca = _ConvAttrs(node)
     dt = _out(node)
     cd = _cdt(dt)
 
     nchw = ca.fmt == "NCHW"
 
-    def run(x, f):
+    def run(x, f, post=None):
         _conv_checks_fwd(x, f)
         n, h, w, c = ca.shape_nhwc(x.shape)
         kh, kw, fc, co = f.shape
         g = _groups(c, fc, co)
         if g > 1:
             y = _conv2d_grouped_nhwc(ca.to_nhwc(x), f, ca, cd, g)
-            return (ca.from_nhwc(_as(y, dt)),)
+            y = ca.from_nhwc(_as(y, dt))
+            if post is not None and y.size:
+                post(y.reshape(-1, co))
+            return (y,)
         oh, ow, pt, pb, pl, pr = ca.geometry(h, w, kh, kw)
         fm = np.ascontiguousarray(f, dtype=cd).reshape(kh * kw * fc, co)
         y = _conv_core(x, nchw, fm, kh, kw, (ca.sh, ca.sw, ca.dh, ca.dw, oh, ow, pt, pb, pl, pr),
-                       cd)
+                       cd, post)
         return (_as(y, dt),)
 
+    return run
+
+
+@register("Conv2D", "CPU", type_constraints={"T": _CONV_T})
+def _conv2d(node, ctx):
+    run = _conv2d_fn(node)
+    return _quiet(lambda x, f: run(x, f))
+
+
+# --- Conv2D + BiasAdd (+ Relu), fused by the plan (runtime/executor.py) ----------------------
+# As TensorFlow's grappler remapper fuses them (_FusedConv2D): the bias is added, and the ReLU
+# taken, on runs of output rows while they are in cache, instead of two more passes over the
+# whole output. The same numpy operations as the BiasAdd and Relu kernels, in the same order:
+# the results are theirs bit for bit.
+@register_fused(("Conv2D", "BiasAdd", "Relu"), "CPU")
+@register_fused(("Conv2D", "BiasAdd"), "CPU")
+def _fused_conv2d(nodes, ctx):
+    conv, bias_node = nodes[0], nodes[1]
+    dt = _out(conv)
+    if (_data_format(conv) != "NHWC" or bias_node.attr("data_format", b"NHWC") != b"NHWC"
+            or dt not in (_F32, _F64) or any(_out(nd) != dt for nd in nodes)):
+        return None
+    run_conv = _conv2d_fn(conv)
+    epilogue = nn_ops.bias_relu_epilogue(dt, relu=len(nodes) == 3)
+    unfused = [run_conv] + [kernel_registry.lookup(nd.op, "CPU", nd.attrs).builder(nd, ctx)
+                            for nd in nodes[1:]]
+
+    def run(x, f, b):
+        if not (x.ndim == 4 and f.ndim == 4 and b.ndim == 1 and b.shape[0] == f.shape[3]
+                and x.dtype == f.dtype == b.dtype == dt):
+            return _members(unfused, (x, f), (b,))  # each member's own checks and errors
+        try:
+            return run_conv(x, f, epilogue(b))
+        except Exception as e:  # noqa: BLE001 - named after the Conv2D node
+            raise kernel_registry.FusedMemberError(0, e, (x, f)) from None
+
     return _quiet(run)
+
+
+def _members(runs, first_inputs, extra):
+    """The fused members one after another (TensorFlow's order of checks and errors): member
+    i > 0 takes the previous output and extra[i - 1] (when there is one)."""
+    inputs = first_inputs
+    for i, fn in enumerate(runs):
+        try:
+            (out,) = fn(*inputs)
+        except Exception as e:  # noqa: BLE001 - named after the member node
+            raise kernel_registry.FusedMemberError(i, e, inputs) from None
+        inputs = (out,) + ((extra[i],) if i < len(extra) else ())
+    return (out,)
 
 
 def _bp_dims(label, ca, in_shape, f_shape, dy, depthwise=False):

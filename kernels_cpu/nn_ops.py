@@ -159,6 +159,36 @@ def _bias_add(node, ctx):
     return run
 
 
+def bias_relu_epilogue(dt, relu):
+    """For a convolution fused with its BiasAdd (and Relu) (conv_ops): ``epilogue(bias)`` gives
+    ``post(rows)``, which adds ``bias`` to a C-contiguous (pixels, C) block of dtype ``dt`` in
+    place, then takes the ReLU when ``relu``: the same numpy operations as the BiasAdd and
+    Relu kernels above (long rows against a repeated bias, a zero row), so the same results."""
+    zeros = np.zeros(_WIDE_ROW, dt)
+
+    def epilogue(bias):
+        tiles = {}
+
+        def post(rows):
+            c = rows.shape[1]
+            row = _wide_rows(rows.size, c)
+            if row:
+                tiled = tiles.get(row)
+                if tiled is None:
+                    tiled = tiles[row] = np.tile(bias, row // c)
+                v = rows.reshape(-1, row)
+                np.add(v, tiled, out=v)
+            else:
+                np.add(rows, bias, out=rows)
+            if relu:
+                row = _wide_rows(rows.size, 1)
+                v = rows.reshape(-1, row) if row else rows
+                np.maximum(v, zeros[:row] if row else dt.type(0), out=v)
+        return post
+
+    return epilogue
+
+
 @register("BiasAddGrad", "CPU", type_constraints={"T": _NUM_T})
 def _bias_add_grad(node, ctx):
     nchw = node.attr("data_format", b"NHWC") == b"NCHW"

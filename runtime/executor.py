@@ -11,11 +11,15 @@ the session's store; an input the op definition declares as a ref gets the Ref (
 write through it), any other input gets the value (read at that moment), as TensorFlow's
 implicit dereference does.
 
-This module runs graphs without control flow (Switch/Merge/Enter/Exit/NextIteration); a plan
-that needs those ops is refused with an error naming them.
+Fused steps: in a plan without control flow, a chain of CPU ops that kernels registered as one
+(kernel_registry.register_fused: a Conv2D whose output only its BiasAdd reads, and the Relu
+that alone reads that) runs as one step, as TensorFlow's grappler remapper fuses them; nothing
+fetched or fed is inside a chain, and a member's failure names that member's node. ``FUSE``
+(``MGRT_FUSE=0`` in the environment) turns it off.
 """
 
 import operator
+import os
 
 import numpy as np
 
@@ -27,6 +31,7 @@ CONTROL_FLOW_OPS = _CONTROL_FLOW_OPS = frozenset(("Switch", "RefSwitch", "Merge"
                                "Exit", "RefExit", "NextIteration", "RefNextIteration",
                                "LoopCond"))
 _MERGE = frozenset(("Merge", "RefMerge"))
+FUSE = os.environ.get("MGRT_FUSE", "1").strip().lower() not in ("0", "false", "no", "off")
 _NEXT_ITERATION = frozenset(("NextIteration", "RefNextIteration"))
 _SWITCH = frozenset(("Switch", "RefSwitch"))
 _ENTER = frozenset(("Enter", "RefEnter"))
@@ -96,6 +101,8 @@ def _shape_str(x):
 
 
 def _wrap_kernel_error(op, exc, inputs, device=None):
+    if isinstance(exc, kernel_registry.FusedMemberError):  # as if the member had run alone
+        return _wrap_kernel_error(op.members[exc.index], exc.exc, exc.inputs, device)
     shapes = ", ".join(_shape_str(x) for x in inputs)
     where = f"\n\t [[node {op.name} ({op.type}) with input shapes: {shapes}]]"
     if type(exc).__name__ == "OutOfMemoryError":  # CuPy's (cupy.cuda.memory)
@@ -225,6 +232,7 @@ class Plan:
         steps = []
         self.n_copies = 0
         non_host_steps = []  # (step, device) of kernels on devices with memory of their own
+        built = {}  # id(step) -> (KernelNode, KernelContext): for fusing
         for op, node, kd, outs in zip(order, nodes, kernel_defs, out_slots_of):
             in_slots = []
             for k, t in enumerate(op._inputs):
@@ -248,6 +256,7 @@ class Plan:
             st.op = op
             st.device = node.device
             ctx = KernelContext(node.device, state, graph, op.name)
+            built[id(st)] = (node, ctx)
             if kd is None:
                 st.run = None  # a control-flow op: the dataflow runner does it
             else:
@@ -272,6 +281,8 @@ class Plan:
             st.out_slots = outs
             st.n_out = len(outs)
             steps.append(st)
+        if FUSE and not self.has_control_flow:
+            steps = _fuse(steps, built, {slot_of[id(t)] for t in fetch_tensors})
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
@@ -366,6 +377,87 @@ class Plan:
             for s in free_after:
                 values[s] = None
         return [values[s] for s in self.fetch_slots]
+
+
+class _FusedOp:
+    """What a fused step shows of itself: TensorFlow's fused node (_FusedConv2D), named after
+    its last member as grappler's remapper names it; ``members`` are the Operations."""
+
+    __slots__ = ("name", "type", "node_def", "members", "_inputs", "_control_inputs")
+
+    def __init__(self, members):
+        self.members = members
+        self.name = members[-1].name
+        self.type = "_Fused" + members[0].type
+        self.node_def = members[-1].node_def
+        self._inputs = [t for i, m in enumerate(members) for t in m._inputs[1 if i else 0:]]
+        self._control_inputs = []
+
+
+def _stateful(op):
+    op_def = getattr(op, "op_def", None)
+    return op_def is None or op_def.is_stateful
+
+
+def _fuse(steps, built, fetched):
+    """``steps`` with each chain of CPU steps that a registered fused kernel covers replaced
+    by one step at the chain's last position (every input of the chain is ready there). A
+    chain link is a value that exactly one step reads, as its first input, on the same
+    device, and that is not fetched or fed (a fed value is read from its own slot)."""
+    patterns = kernel_registry.fused_patterns("CPU")
+    firsts = {p[0] for p in patterns}
+    if not firsts:
+        return steps
+    readers = {}
+    for i, st in enumerate(steps):
+        for s in st.in_slots:
+            readers.setdefault(s, []).append(i)
+    removed, fused = set(), {}
+    for i, st in enumerate(steps):
+        if (st.op.type not in firsts or i in removed or id(st) not in built or st.run is None
+                or getattr(st.device, "device_type", "CPU") != "CPU"):
+            continue
+        chain = [i]
+        while len(chain) < 4:
+            cur = steps[chain[-1]]
+            s = cur.out_slots[0] if cur.n_out == 1 else -1
+            r = readers.get(s, ())
+            if s < 0 or s in fetched or len(r) != 1:
+                break
+            nxt = steps[r[0]]
+            if (nxt.in_slots[0] != s or s in nxt.in_slots[1:] or nxt.device is not st.device
+                    or id(nxt) not in built or nxt.run is None):
+                break
+            chain.append(r[0])
+        types = tuple(steps[j].op.type for j in chain)
+        for pat, builder in patterns.items():
+            if types[:len(pat)] != pat:
+                continue
+            members = [steps[j] for j in chain[:len(pat)]]
+            if any(m.deref for m in members) or any(
+                    _stateful(steps[j].op) for j in range(i + 1, chain[len(pat) - 1])):
+                continue  # ref reads, or a state change between: keep the members' order
+            run = builder([built[id(m)][0] for m in members], built[id(st)][1])
+            if run is None:
+                continue
+            f = _Step()
+            f.op = _FusedOp([m.op for m in members])
+            f.device = st.device
+            f.run = run
+            f.in_slots = list(st.in_slots)
+            deref = list(st.deref)
+            for m in members[1:]:
+                deref += [len(f.in_slots) + k - 1 for k in m.deref if k >= 1]
+                f.in_slots += m.in_slots[1:]
+            f.deref = tuple(deref)
+            f.out_slots = list(members[-1].out_slots)
+            f.n_out = members[-1].n_out
+            fused[chain[len(pat) - 1]] = f
+            removed.update(chain[:len(pat) - 1])
+            break
+    if not fused:
+        return steps
+    return [fused.get(i, st) for i, st in enumerate(steps) if i not in removed]
 
 
 # Ops that have an effect although their OpDef is not stateful: they raise on bad values.

@@ -96,6 +96,38 @@ def lookup(op_type, device_type, attrs=None):
     return None
 
 
+# --- fused kernels ------------------------------------------------------------------------------
+# A chain of ops (a Conv2D, the BiasAdd that alone reads its output, the Relu that alone reads
+# that), which the executor may run as one step, as TensorFlow's grappler remapper does. The
+# builder gets the members' KernelNodes and returns ``run(*inputs)`` or None (these attrs do
+# not fuse); the inputs are the first member's followed by each later member's other inputs.
+_FUSED = {}  # (op types, device_type) -> builder
+
+
+class FusedMemberError(Exception):
+    """Raised by a fused kernel for a failure of member ``index`` (whose inputs were
+    ``inputs``): the executor names that member's node, as if it had run alone."""
+
+    def __init__(self, index, exc, inputs):
+        super().__init__(index, exc)
+        self.index, self.exc, self.inputs = index, exc, inputs
+
+
+def register_fused(op_types, device_type="CPU"):
+    """Decorator: register ``builder(nodes, ctx) -> run or None`` for a chain of op types."""
+    def deco(builder):
+        _FUSED[(tuple(op_types), device_type)] = builder
+        return builder
+    return deco
+
+
+def fused_patterns(device_type="CPU"):
+    """{op types chain: builder} for ``device_type``, longest chains first."""
+    load_all()
+    return dict(sorted(((k[0], b) for k, b in _FUSED.items() if k[1] == device_type),
+                       key=lambda kv: -len(kv[0])))
+
+
 def registered_op_types(device_type="CPU"):
     load_all()
     return sorted({op for (op, dev) in _REGISTRY if dev == device_type})

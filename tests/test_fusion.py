@@ -1,0 +1,226 @@
+"""Fused steps (runtime/executor.py ``_fuse``, kernel_registry.register_fused): a Conv2D whose
+output only its BiasAdd reads, and the Relu that alone reads that, run as one step
+(_FusedConv2D) in plans without control flow. Checked against float64 numpy references, for
+exact agreement with the unfused plan (same numpy operations, same order), for the cases that
+must not fuse (a member's value fetched or fed, a second reader, NCHW, float16), and for
+errors that name the member node that failed."""
+
+import numpy as np
+import pytest
+
+import mgrt.compat.v1 as tf
+from mgrt.kernels_cpu import _team, conv_ops
+from mgrt.runtime import errors, executor
+
+
+def _ref(x, w, b, stride, padding, relu):
+    """float64 NHWC convolution (tap by tap) + bias (+ ReLU)."""
+    n, h, wd, c = x.shape
+    kh, kw, _, co = w.shape
+    if padding == "SAME":
+        oh, ow = -(-h // stride), -(-wd // stride)
+        ph, pw = max(0, (oh - 1) * stride + kh - h), max(0, (ow - 1) * stride + kw - wd)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (ph // 2, ph - ph // 2),
+                                           (pw // 2, pw - pw // 2), (0, 0)))
+    else:
+        oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+        xp = x.astype(np.float64)
+    y = np.zeros((n, oh, ow, co))
+    for i in range(kh):
+        for j in range(kw):
+            t = xp[:, i:i + (oh - 1) * stride + 1:stride, j:j + (ow - 1) * stride + 1:stride]
+            with np.errstate(invalid="ignore"):  # inf * 0 in the NaN/inf cases
+                y += t @ w[i, j].astype(np.float64)
+    y += b
+    return np.maximum(y, 0) if relu else y
+
+
+def _graph(xs, ws, dtype=np.float32, relu=True, stride=1, padding="SAME", seed=0):
+    rs = np.random.RandomState(seed)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(dtype, xs, name="x")
+        w = tf.Variable((rs.randn(*ws) * 0.3).astype(dtype), name="w")
+        b = tf.Variable(rs.randn(ws[3]).astype(dtype), name="b")
+        conv = tf.nn.conv2d(x, w, [1, stride, stride, 1], padding, name="conv")
+        biased = tf.nn.bias_add(conv, b, name="biased")
+        out = tf.nn.relu(biased, name="act") if relu else biased
+        init = tf.global_variables_initializer()
+    return g, dict(x=x, w=w, b=b, conv=conv, biased=biased, out=out, init=init)
+
+
+def _session(g, t):
+    s = tf.Session(graph=g)
+    s.run(t["init"])
+    return s
+
+
+def _step_types(sess):
+    plan = list(sess._plans.values())[-1]
+    return [st.op.type for st in plan.steps]
+
+
+@pytest.fixture(params=["one thread", "team"])
+def threads(request, monkeypatch):
+    if request.param == "team":
+        monkeypatch.setattr(conv_ops, "_TEAM_MIN_FLOPS", 0)
+        monkeypatch.setattr(_team, "_FIXED", 3)
+    else:
+        monkeypatch.setattr(_team, "_FIXED", 1)
+    return request.param
+
+
+CASES = [  # x, filter, stride, padding: the direct path (C <= 32) and im2col (C = 64)
+    ((3, 14, 14, 16), (5, 5, 16, 32), 1, "SAME"),
+    ((4, 12, 11, 1), (3, 3, 1, 16), 2, "VALID"),
+    ((2, 9, 9, 64), (3, 3, 64, 24), 1, "SAME"),
+    ((2, 8, 8, 3), (1, 1, 3, 12), 1, "VALID"),      # 1x1: a plain matmul, 12 channels
+    ((2, 8, 9, 3), (3, 3, 3, 12), 1, "SAME"),       # wide rows (12 channels: not direct)
+    ((2, 10, 10, 3), (3, 3, 3, 40), 1, "SAME"),     # 40 = 32 + 8 columns
+]
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fused_against_reference_and_unfused(case, relu, threads, monkeypatch):
+    xs, ws, stride, padding = CASES[case]
+    g, t = _graph(xs, ws, relu=relu, stride=stride, padding=padding, seed=case)
+    x = np.random.RandomState(100 + case).randn(*xs).astype(np.float32)
+    x[0, 1, 2, 0] = np.nan
+    x[-1, 3, 4, 0] = np.inf
+    s = _session(g, t)
+    got = s.run(t["out"], {t["x"]: x})
+    assert _step_types(s)[-1] == "_FusedConv2D"
+    w, b = s.run([t["w"], t["b"]])
+    want = _ref(x, w, b, stride, padding, relu)
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    monkeypatch.setattr(executor, "FUSE", False)
+    s2 = _session(g, t)
+    np.testing.assert_array_equal(s2.run(t["out"], {t["x"]: x}), got)  # bit for bit
+    assert "_FusedConv2D" not in _step_types(s2)
+
+
+def test_float64_fuses():
+    g, t = _graph((2, 6, 6, 2), (3, 3, 2, 8), dtype=np.float64)
+    s = _session(g, t)
+    x = np.random.RandomState(3).randn(2, 6, 6, 2)
+    got = s.run(t["out"], {t["x"]: x})
+    assert _step_types(s)[-1] == "_FusedConv2D"
+    assert got.dtype == np.float64
+    w, b = s.run([t["w"], t["b"]])
+    np.testing.assert_allclose(got, _ref(x, w, b, 1, "SAME", True), rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_through_the_fused_step():
+    g, t = _graph((2, 8, 8, 4), (3, 3, 4, 8))
+    with g.as_default():
+        loss = tf.reduce_sum(t["out"] * t["out"])
+        gw, gb = tf.gradients(loss, [t["w"], t["b"]])
+    x = np.random.RandomState(7).randn(2, 8, 8, 4).astype(np.float32)
+    s = _session(g, t)
+    dw, db, y = s.run([gw, gb, t["out"]], {t["x"]: x})
+    assert "_FusedConv2D" in _step_types(s)
+    w, b = s.run([t["w"], t["b"]])
+    ref = _ref(x, w, b, 1, "SAME", True)
+    dz = 2 * ref * (ref > 0)
+    np.testing.assert_allclose(db, dz.sum(axis=(0, 1, 2)), rtol=1e-4, atol=1e-3)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dw_ref = np.zeros((3, 3, 4, 8))
+    for i in range(3):
+        for j in range(3):
+            dw_ref[i, j] = xp[:, i:i + 8, j:j + 8].reshape(-1, 4).T @ dz.reshape(-1, 8)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-2)
+
+
+def _types_for(fetch, feed_extra=None, **kw):
+    g, t = _graph((2, 6, 6, 3), (3, 3, 3, 8), **kw)
+    s = _session(g, t)
+    feeds = {t["x"]: np.ones((2, 6, 6, 3), kw.get("dtype", np.float32))}
+    if feed_extra:
+        feeds.update(feed_extra(t))
+    s.run([t[k] for k in fetch], feeds)
+    return _step_types(s)
+
+
+def test_what_fuses_and_what_does_not():
+    assert _types_for(["out"])[-1] == "_FusedConv2D"
+    # the conv's value fetched: nothing fuses
+    types = _types_for(["out", "conv"])
+    assert "_FusedConv2D" not in types and "BiasAdd" in types and "Relu" in types
+    # BiasAdd's value fetched: Conv2D + BiasAdd fuse, the Relu runs alone
+    types = _types_for(["out", "biased"])
+    assert types.count("_FusedConv2D") == 1 and "Relu" in types and "BiasAdd" not in types
+    # the conv's value fed: the conv is not run at all
+    types = _types_for(["out"], lambda t: {t["conv"]: np.zeros((2, 6, 6, 8), np.float32)})
+    assert "Conv2D" not in types and "_FusedConv2D" not in types
+    # float16: the unfused kernels (computed in float32, rounded per op)
+    types = _types_for(["out"], dtype=np.float16)
+    assert "_FusedConv2D" not in types and "Conv2D" in types
+
+
+def test_a_second_reader_keeps_the_members_apart():
+    g, t = _graph((2, 6, 6, 3), (3, 3, 3, 8))
+    with g.as_default():
+        both = t["out"] + tf.reduce_mean(t["conv"])
+    s = _session(g, t)
+    s.run(both, {t["x"]: np.ones((2, 6, 6, 3), np.float32)})
+    assert "_FusedConv2D" not in _step_types(s)
+
+
+def test_nchw_bias_is_not_fused():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [1, 6, 6, 2])
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, tf.ones([3, 3, 2, 8]), [1, 1, 1, 1],
+                                                    "SAME"), tf.ones([6]),
+                                      data_format="NCHW"))
+    s = tf.Session(graph=g)
+    got = s.run(y, {x: np.ones((1, 6, 6, 2), np.float32)})
+    assert "_FusedConv2D" not in _step_types(s)
+    assert got.shape == (1, 6, 6, 8)
+
+
+def test_wrong_bias_size_names_the_bias_add():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [1, 6, 6, 2])
+        b = tf.placeholder(tf.float32, [None])
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, tf.ones([3, 3, 2, 8]), [1, 1, 1, 1],
+                                                    "SAME"), b, name="add_b"))
+    s = tf.Session(graph=g)
+    ok = s.run(y, {x: np.ones((1, 6, 6, 2), np.float32), b: np.zeros(8, np.float32)})
+    assert ok.shape == (1, 6, 6, 8) and "_FusedConv2D" in _step_types(s)
+    with pytest.raises(errors.InvalidArgumentError) as e:
+        s.run(y, {x: np.ones((1, 6, 6, 2), np.float32), b: np.zeros(5, np.float32)})
+    msg = str(e.value)
+    assert "Must provide as many biases as the last dimension" in msg
+    assert "[[node add_b (BiasAdd) with input shapes: [1,6,6,8], [5]]]" in msg
+    assert "_Fused" not in msg
+
+
+def test_conv_failure_names_the_conv():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [1, 6, 6, None])
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, tf.ones([3, 3, 2, 8]), [1, 1, 1, 1],
+                                                    "SAME", name="the_conv"), tf.ones([8])))
+    s = tf.Session(graph=g)
+    with pytest.raises(errors.InvalidArgumentError) as e:
+        s.run(y, {x: np.ones((1, 6, 6, 3), np.float32)})  # 3 channels, the filter has 2
+    msg = str(e.value)
+    assert "[[node the_conv (Conv2D) with input shapes: [1,6,6,3], [3,3,2,8]]]" in msg
+    assert "_Fused" not in msg
+
+
+def test_fuse_off_by_environment():
+    import os
+    import subprocess
+    import sys
+    code = "import mgrt.runtime.executor as e; print(e.FUSE)"
+    for value, want in (("0", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", code],
+                             env=dict(os.environ, MGRT_FUSE=value),
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want
