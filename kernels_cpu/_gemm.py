@@ -68,16 +68,17 @@ def _loop(nb, mb):
     text = [f"def gather_{nb}_{mb}(src, rowoff, koff, b, out, m0, m1, acc, z, kb):",
             "    nk = koff.shape[0]",
             "    for k0 in range(0, max(nk, 1), kb):",
-            "        k1 = min(nk, k0 + kb)",
+            "        kv = koff[k0:k0 + kb]",  # views: the k loop starts at 0, so no
+            "        bv = b[k0:k0 + kb]",     # negative-index code sits in it
             "        load = acc or k0 > 0",
             f"        for m in range(m0, m1 - (m1 - m0) % {mb}, {mb}):",
             line(12, [f"r{r} = rowoff[m + {r}]" for r in rows])]
     for r in rows:
         text.append(line(12, [f"c{r}_{j} = out[m + {r}, {j}] if load else z" for j in cols]))
-    text += ["            for k in range(k0, k1):",
-             "                o = koff[k]",
+    text += ["            for k in range(kv.shape[0]):",
+             "                o = kv[k]",
              line(16, [f"a{r} = src[r{r} + o]" for r in rows]),
-             line(16, [f"b{j} = b[k, {j}]" for j in cols])]
+             line(16, [f"b{j} = bv[k, {j}]" for j in cols])]
     for r in rows:
         text.append(line(16, [f"c{r}_{j} += a{r} * b{j}" for j in cols]))
     for r in rows:

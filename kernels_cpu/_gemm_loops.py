@@ -5,7 +5,8 @@ file equal to it). The loops are compiled by ``_gemm._kernel``."""
 def gather_32_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 8, 8):
             r0 = rowoff[m + 0]; r1 = rowoff[m + 1]; r2 = rowoff[m + 2]; r3 = rowoff[m + 3]; r4 = rowoff[m + 4]; r5 = rowoff[m + 5]; r6 = rowoff[m + 6]; r7 = rowoff[m + 7]
@@ -17,10 +18,10 @@ def gather_32_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
             c5_0 = out[m + 5, 0] if load else z; c5_1 = out[m + 5, 1] if load else z; c5_2 = out[m + 5, 2] if load else z; c5_3 = out[m + 5, 3] if load else z; c5_4 = out[m + 5, 4] if load else z; c5_5 = out[m + 5, 5] if load else z; c5_6 = out[m + 5, 6] if load else z; c5_7 = out[m + 5, 7] if load else z; c5_8 = out[m + 5, 8] if load else z; c5_9 = out[m + 5, 9] if load else z; c5_10 = out[m + 5, 10] if load else z; c5_11 = out[m + 5, 11] if load else z; c5_12 = out[m + 5, 12] if load else z; c5_13 = out[m + 5, 13] if load else z; c5_14 = out[m + 5, 14] if load else z; c5_15 = out[m + 5, 15] if load else z; c5_16 = out[m + 5, 16] if load else z; c5_17 = out[m + 5, 17] if load else z; c5_18 = out[m + 5, 18] if load else z; c5_19 = out[m + 5, 19] if load else z; c5_20 = out[m + 5, 20] if load else z; c5_21 = out[m + 5, 21] if load else z; c5_22 = out[m + 5, 22] if load else z; c5_23 = out[m + 5, 23] if load else z; c5_24 = out[m + 5, 24] if load else z; c5_25 = out[m + 5, 25] if load else z; c5_26 = out[m + 5, 26] if load else z; c5_27 = out[m + 5, 27] if load else z; c5_28 = out[m + 5, 28] if load else z; c5_29 = out[m + 5, 29] if load else z; c5_30 = out[m + 5, 30] if load else z; c5_31 = out[m + 5, 31] if load else z
             c6_0 = out[m + 6, 0] if load else z; c6_1 = out[m + 6, 1] if load else z; c6_2 = out[m + 6, 2] if load else z; c6_3 = out[m + 6, 3] if load else z; c6_4 = out[m + 6, 4] if load else z; c6_5 = out[m + 6, 5] if load else z; c6_6 = out[m + 6, 6] if load else z; c6_7 = out[m + 6, 7] if load else z; c6_8 = out[m + 6, 8] if load else z; c6_9 = out[m + 6, 9] if load else z; c6_10 = out[m + 6, 10] if load else z; c6_11 = out[m + 6, 11] if load else z; c6_12 = out[m + 6, 12] if load else z; c6_13 = out[m + 6, 13] if load else z; c6_14 = out[m + 6, 14] if load else z; c6_15 = out[m + 6, 15] if load else z; c6_16 = out[m + 6, 16] if load else z; c6_17 = out[m + 6, 17] if load else z; c6_18 = out[m + 6, 18] if load else z; c6_19 = out[m + 6, 19] if load else z; c6_20 = out[m + 6, 20] if load else z; c6_21 = out[m + 6, 21] if load else z; c6_22 = out[m + 6, 22] if load else z; c6_23 = out[m + 6, 23] if load else z; c6_24 = out[m + 6, 24] if load else z; c6_25 = out[m + 6, 25] if load else z; c6_26 = out[m + 6, 26] if load else z; c6_27 = out[m + 6, 27] if load else z; c6_28 = out[m + 6, 28] if load else z; c6_29 = out[m + 6, 29] if load else z; c6_30 = out[m + 6, 30] if load else z; c6_31 = out[m + 6, 31] if load else z
             c7_0 = out[m + 7, 0] if load else z; c7_1 = out[m + 7, 1] if load else z; c7_2 = out[m + 7, 2] if load else z; c7_3 = out[m + 7, 3] if load else z; c7_4 = out[m + 7, 4] if load else z; c7_5 = out[m + 7, 5] if load else z; c7_6 = out[m + 7, 6] if load else z; c7_7 = out[m + 7, 7] if load else z; c7_8 = out[m + 7, 8] if load else z; c7_9 = out[m + 7, 9] if load else z; c7_10 = out[m + 7, 10] if load else z; c7_11 = out[m + 7, 11] if load else z; c7_12 = out[m + 7, 12] if load else z; c7_13 = out[m + 7, 13] if load else z; c7_14 = out[m + 7, 14] if load else z; c7_15 = out[m + 7, 15] if load else z; c7_16 = out[m + 7, 16] if load else z; c7_17 = out[m + 7, 17] if load else z; c7_18 = out[m + 7, 18] if load else z; c7_19 = out[m + 7, 19] if load else z; c7_20 = out[m + 7, 20] if load else z; c7_21 = out[m + 7, 21] if load else z; c7_22 = out[m + 7, 22] if load else z; c7_23 = out[m + 7, 23] if load else z; c7_24 = out[m + 7, 24] if load else z; c7_25 = out[m + 7, 25] if load else z; c7_26 = out[m + 7, 26] if load else z; c7_27 = out[m + 7, 27] if load else z; c7_28 = out[m + 7, 28] if load else z; c7_29 = out[m + 7, 29] if load else z; c7_30 = out[m + 7, 30] if load else z; c7_31 = out[m + 7, 31] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]; a1 = src[r1 + o]; a2 = src[r2 + o]; a3 = src[r3 + o]; a4 = src[r4 + o]; a5 = src[r5 + o]; a6 = src[r6 + o]; a7 = src[r7 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]; b8 = b[k, 8]; b9 = b[k, 9]; b10 = b[k, 10]; b11 = b[k, 11]; b12 = b[k, 12]; b13 = b[k, 13]; b14 = b[k, 14]; b15 = b[k, 15]; b16 = b[k, 16]; b17 = b[k, 17]; b18 = b[k, 18]; b19 = b[k, 19]; b20 = b[k, 20]; b21 = b[k, 21]; b22 = b[k, 22]; b23 = b[k, 23]; b24 = b[k, 24]; b25 = b[k, 25]; b26 = b[k, 26]; b27 = b[k, 27]; b28 = b[k, 28]; b29 = b[k, 29]; b30 = b[k, 30]; b31 = b[k, 31]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]; b8 = bv[k, 8]; b9 = bv[k, 9]; b10 = bv[k, 10]; b11 = bv[k, 11]; b12 = bv[k, 12]; b13 = bv[k, 13]; b14 = bv[k, 14]; b15 = bv[k, 15]; b16 = bv[k, 16]; b17 = bv[k, 17]; b18 = bv[k, 18]; b19 = bv[k, 19]; b20 = bv[k, 20]; b21 = bv[k, 21]; b22 = bv[k, 22]; b23 = bv[k, 23]; b24 = bv[k, 24]; b25 = bv[k, 25]; b26 = bv[k, 26]; b27 = bv[k, 27]; b28 = bv[k, 28]; b29 = bv[k, 29]; b30 = bv[k, 30]; b31 = bv[k, 31]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7; c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15; c0_16 += a0 * b16; c0_17 += a0 * b17; c0_18 += a0 * b18; c0_19 += a0 * b19; c0_20 += a0 * b20; c0_21 += a0 * b21; c0_22 += a0 * b22; c0_23 += a0 * b23; c0_24 += a0 * b24; c0_25 += a0 * b25; c0_26 += a0 * b26; c0_27 += a0 * b27; c0_28 += a0 * b28; c0_29 += a0 * b29; c0_30 += a0 * b30; c0_31 += a0 * b31
                 c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7; c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15; c1_16 += a1 * b16; c1_17 += a1 * b17; c1_18 += a1 * b18; c1_19 += a1 * b19; c1_20 += a1 * b20; c1_21 += a1 * b21; c1_22 += a1 * b22; c1_23 += a1 * b23; c1_24 += a1 * b24; c1_25 += a1 * b25; c1_26 += a1 * b26; c1_27 += a1 * b27; c1_28 += a1 * b28; c1_29 += a1 * b29; c1_30 += a1 * b30; c1_31 += a1 * b31
                 c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7; c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15; c2_16 += a2 * b16; c2_17 += a2 * b17; c2_18 += a2 * b18; c2_19 += a2 * b19; c2_20 += a2 * b20; c2_21 += a2 * b21; c2_22 += a2 * b22; c2_23 += a2 * b23; c2_24 += a2 * b24; c2_25 += a2 * b25; c2_26 += a2 * b26; c2_27 += a2 * b27; c2_28 += a2 * b28; c2_29 += a2 * b29; c2_30 += a2 * b30; c2_31 += a2 * b31
@@ -42,15 +43,16 @@ def gather_32_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
 def gather_32_1(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 1, 1):
             r0 = rowoff[m + 0]
             c0_0 = out[m + 0, 0] if load else z; c0_1 = out[m + 0, 1] if load else z; c0_2 = out[m + 0, 2] if load else z; c0_3 = out[m + 0, 3] if load else z; c0_4 = out[m + 0, 4] if load else z; c0_5 = out[m + 0, 5] if load else z; c0_6 = out[m + 0, 6] if load else z; c0_7 = out[m + 0, 7] if load else z; c0_8 = out[m + 0, 8] if load else z; c0_9 = out[m + 0, 9] if load else z; c0_10 = out[m + 0, 10] if load else z; c0_11 = out[m + 0, 11] if load else z; c0_12 = out[m + 0, 12] if load else z; c0_13 = out[m + 0, 13] if load else z; c0_14 = out[m + 0, 14] if load else z; c0_15 = out[m + 0, 15] if load else z; c0_16 = out[m + 0, 16] if load else z; c0_17 = out[m + 0, 17] if load else z; c0_18 = out[m + 0, 18] if load else z; c0_19 = out[m + 0, 19] if load else z; c0_20 = out[m + 0, 20] if load else z; c0_21 = out[m + 0, 21] if load else z; c0_22 = out[m + 0, 22] if load else z; c0_23 = out[m + 0, 23] if load else z; c0_24 = out[m + 0, 24] if load else z; c0_25 = out[m + 0, 25] if load else z; c0_26 = out[m + 0, 26] if load else z; c0_27 = out[m + 0, 27] if load else z; c0_28 = out[m + 0, 28] if load else z; c0_29 = out[m + 0, 29] if load else z; c0_30 = out[m + 0, 30] if load else z; c0_31 = out[m + 0, 31] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]; b8 = b[k, 8]; b9 = b[k, 9]; b10 = b[k, 10]; b11 = b[k, 11]; b12 = b[k, 12]; b13 = b[k, 13]; b14 = b[k, 14]; b15 = b[k, 15]; b16 = b[k, 16]; b17 = b[k, 17]; b18 = b[k, 18]; b19 = b[k, 19]; b20 = b[k, 20]; b21 = b[k, 21]; b22 = b[k, 22]; b23 = b[k, 23]; b24 = b[k, 24]; b25 = b[k, 25]; b26 = b[k, 26]; b27 = b[k, 27]; b28 = b[k, 28]; b29 = b[k, 29]; b30 = b[k, 30]; b31 = b[k, 31]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]; b8 = bv[k, 8]; b9 = bv[k, 9]; b10 = bv[k, 10]; b11 = bv[k, 11]; b12 = bv[k, 12]; b13 = bv[k, 13]; b14 = bv[k, 14]; b15 = bv[k, 15]; b16 = bv[k, 16]; b17 = bv[k, 17]; b18 = bv[k, 18]; b19 = bv[k, 19]; b20 = bv[k, 20]; b21 = bv[k, 21]; b22 = bv[k, 22]; b23 = bv[k, 23]; b24 = bv[k, 24]; b25 = bv[k, 25]; b26 = bv[k, 26]; b27 = bv[k, 27]; b28 = bv[k, 28]; b29 = bv[k, 29]; b30 = bv[k, 30]; b31 = bv[k, 31]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7; c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15; c0_16 += a0 * b16; c0_17 += a0 * b17; c0_18 += a0 * b18; c0_19 += a0 * b19; c0_20 += a0 * b20; c0_21 += a0 * b21; c0_22 += a0 * b22; c0_23 += a0 * b23; c0_24 += a0 * b24; c0_25 += a0 * b25; c0_26 += a0 * b26; c0_27 += a0 * b27; c0_28 += a0 * b28; c0_29 += a0 * b29; c0_30 += a0 * b30; c0_31 += a0 * b31
             out[m + 0, 0] = c0_0; out[m + 0, 1] = c0_1; out[m + 0, 2] = c0_2; out[m + 0, 3] = c0_3; out[m + 0, 4] = c0_4; out[m + 0, 5] = c0_5; out[m + 0, 6] = c0_6; out[m + 0, 7] = c0_7; out[m + 0, 8] = c0_8; out[m + 0, 9] = c0_9; out[m + 0, 10] = c0_10; out[m + 0, 11] = c0_11; out[m + 0, 12] = c0_12; out[m + 0, 13] = c0_13; out[m + 0, 14] = c0_14; out[m + 0, 15] = c0_15; out[m + 0, 16] = c0_16; out[m + 0, 17] = c0_17; out[m + 0, 18] = c0_18; out[m + 0, 19] = c0_19; out[m + 0, 20] = c0_20; out[m + 0, 21] = c0_21; out[m + 0, 22] = c0_22; out[m + 0, 23] = c0_23; out[m + 0, 24] = c0_24; out[m + 0, 25] = c0_25; out[m + 0, 26] = c0_26; out[m + 0, 27] = c0_27; out[m + 0, 28] = c0_28; out[m + 0, 29] = c0_29; out[m + 0, 30] = c0_30; out[m + 0, 31] = c0_31
 
@@ -58,7 +60,8 @@ def gather_32_1(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
 def gather_16_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 8, 8):
             r0 = rowoff[m + 0]; r1 = rowoff[m + 1]; r2 = rowoff[m + 2]; r3 = rowoff[m + 3]; r4 = rowoff[m + 4]; r5 = rowoff[m + 5]; r6 = rowoff[m + 6]; r7 = rowoff[m + 7]
@@ -70,10 +73,10 @@ def gather_16_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
             c5_0 = out[m + 5, 0] if load else z; c5_1 = out[m + 5, 1] if load else z; c5_2 = out[m + 5, 2] if load else z; c5_3 = out[m + 5, 3] if load else z; c5_4 = out[m + 5, 4] if load else z; c5_5 = out[m + 5, 5] if load else z; c5_6 = out[m + 5, 6] if load else z; c5_7 = out[m + 5, 7] if load else z; c5_8 = out[m + 5, 8] if load else z; c5_9 = out[m + 5, 9] if load else z; c5_10 = out[m + 5, 10] if load else z; c5_11 = out[m + 5, 11] if load else z; c5_12 = out[m + 5, 12] if load else z; c5_13 = out[m + 5, 13] if load else z; c5_14 = out[m + 5, 14] if load else z; c5_15 = out[m + 5, 15] if load else z
             c6_0 = out[m + 6, 0] if load else z; c6_1 = out[m + 6, 1] if load else z; c6_2 = out[m + 6, 2] if load else z; c6_3 = out[m + 6, 3] if load else z; c6_4 = out[m + 6, 4] if load else z; c6_5 = out[m + 6, 5] if load else z; c6_6 = out[m + 6, 6] if load else z; c6_7 = out[m + 6, 7] if load else z; c6_8 = out[m + 6, 8] if load else z; c6_9 = out[m + 6, 9] if load else z; c6_10 = out[m + 6, 10] if load else z; c6_11 = out[m + 6, 11] if load else z; c6_12 = out[m + 6, 12] if load else z; c6_13 = out[m + 6, 13] if load else z; c6_14 = out[m + 6, 14] if load else z; c6_15 = out[m + 6, 15] if load else z
             c7_0 = out[m + 7, 0] if load else z; c7_1 = out[m + 7, 1] if load else z; c7_2 = out[m + 7, 2] if load else z; c7_3 = out[m + 7, 3] if load else z; c7_4 = out[m + 7, 4] if load else z; c7_5 = out[m + 7, 5] if load else z; c7_6 = out[m + 7, 6] if load else z; c7_7 = out[m + 7, 7] if load else z; c7_8 = out[m + 7, 8] if load else z; c7_9 = out[m + 7, 9] if load else z; c7_10 = out[m + 7, 10] if load else z; c7_11 = out[m + 7, 11] if load else z; c7_12 = out[m + 7, 12] if load else z; c7_13 = out[m + 7, 13] if load else z; c7_14 = out[m + 7, 14] if load else z; c7_15 = out[m + 7, 15] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]; a1 = src[r1 + o]; a2 = src[r2 + o]; a3 = src[r3 + o]; a4 = src[r4 + o]; a5 = src[r5 + o]; a6 = src[r6 + o]; a7 = src[r7 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]; b8 = b[k, 8]; b9 = b[k, 9]; b10 = b[k, 10]; b11 = b[k, 11]; b12 = b[k, 12]; b13 = b[k, 13]; b14 = b[k, 14]; b15 = b[k, 15]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]; b8 = bv[k, 8]; b9 = bv[k, 9]; b10 = bv[k, 10]; b11 = bv[k, 11]; b12 = bv[k, 12]; b13 = bv[k, 13]; b14 = bv[k, 14]; b15 = bv[k, 15]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7; c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
                 c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7; c1_8 += a1 * b8; c1_9 += a1 * b9; c1_10 += a1 * b10; c1_11 += a1 * b11; c1_12 += a1 * b12; c1_13 += a1 * b13; c1_14 += a1 * b14; c1_15 += a1 * b15
                 c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7; c2_8 += a2 * b8; c2_9 += a2 * b9; c2_10 += a2 * b10; c2_11 += a2 * b11; c2_12 += a2 * b12; c2_13 += a2 * b13; c2_14 += a2 * b14; c2_15 += a2 * b15
@@ -95,15 +98,16 @@ def gather_16_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
 def gather_16_1(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 1, 1):
             r0 = rowoff[m + 0]
             c0_0 = out[m + 0, 0] if load else z; c0_1 = out[m + 0, 1] if load else z; c0_2 = out[m + 0, 2] if load else z; c0_3 = out[m + 0, 3] if load else z; c0_4 = out[m + 0, 4] if load else z; c0_5 = out[m + 0, 5] if load else z; c0_6 = out[m + 0, 6] if load else z; c0_7 = out[m + 0, 7] if load else z; c0_8 = out[m + 0, 8] if load else z; c0_9 = out[m + 0, 9] if load else z; c0_10 = out[m + 0, 10] if load else z; c0_11 = out[m + 0, 11] if load else z; c0_12 = out[m + 0, 12] if load else z; c0_13 = out[m + 0, 13] if load else z; c0_14 = out[m + 0, 14] if load else z; c0_15 = out[m + 0, 15] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]; b8 = b[k, 8]; b9 = b[k, 9]; b10 = b[k, 10]; b11 = b[k, 11]; b12 = b[k, 12]; b13 = b[k, 13]; b14 = b[k, 14]; b15 = b[k, 15]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]; b8 = bv[k, 8]; b9 = bv[k, 9]; b10 = bv[k, 10]; b11 = bv[k, 11]; b12 = bv[k, 12]; b13 = bv[k, 13]; b14 = bv[k, 14]; b15 = bv[k, 15]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7; c0_8 += a0 * b8; c0_9 += a0 * b9; c0_10 += a0 * b10; c0_11 += a0 * b11; c0_12 += a0 * b12; c0_13 += a0 * b13; c0_14 += a0 * b14; c0_15 += a0 * b15
             out[m + 0, 0] = c0_0; out[m + 0, 1] = c0_1; out[m + 0, 2] = c0_2; out[m + 0, 3] = c0_3; out[m + 0, 4] = c0_4; out[m + 0, 5] = c0_5; out[m + 0, 6] = c0_6; out[m + 0, 7] = c0_7; out[m + 0, 8] = c0_8; out[m + 0, 9] = c0_9; out[m + 0, 10] = c0_10; out[m + 0, 11] = c0_11; out[m + 0, 12] = c0_12; out[m + 0, 13] = c0_13; out[m + 0, 14] = c0_14; out[m + 0, 15] = c0_15
 
@@ -111,7 +115,8 @@ def gather_16_1(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
 def gather_8_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 8, 8):
             r0 = rowoff[m + 0]; r1 = rowoff[m + 1]; r2 = rowoff[m + 2]; r3 = rowoff[m + 3]; r4 = rowoff[m + 4]; r5 = rowoff[m + 5]; r6 = rowoff[m + 6]; r7 = rowoff[m + 7]
@@ -123,10 +128,10 @@ def gather_8_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
             c5_0 = out[m + 5, 0] if load else z; c5_1 = out[m + 5, 1] if load else z; c5_2 = out[m + 5, 2] if load else z; c5_3 = out[m + 5, 3] if load else z; c5_4 = out[m + 5, 4] if load else z; c5_5 = out[m + 5, 5] if load else z; c5_6 = out[m + 5, 6] if load else z; c5_7 = out[m + 5, 7] if load else z
             c6_0 = out[m + 6, 0] if load else z; c6_1 = out[m + 6, 1] if load else z; c6_2 = out[m + 6, 2] if load else z; c6_3 = out[m + 6, 3] if load else z; c6_4 = out[m + 6, 4] if load else z; c6_5 = out[m + 6, 5] if load else z; c6_6 = out[m + 6, 6] if load else z; c6_7 = out[m + 6, 7] if load else z
             c7_0 = out[m + 7, 0] if load else z; c7_1 = out[m + 7, 1] if load else z; c7_2 = out[m + 7, 2] if load else z; c7_3 = out[m + 7, 3] if load else z; c7_4 = out[m + 7, 4] if load else z; c7_5 = out[m + 7, 5] if load else z; c7_6 = out[m + 7, 6] if load else z; c7_7 = out[m + 7, 7] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]; a1 = src[r1 + o]; a2 = src[r2 + o]; a3 = src[r3 + o]; a4 = src[r4 + o]; a5 = src[r5 + o]; a6 = src[r6 + o]; a7 = src[r7 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
                 c1_0 += a1 * b0; c1_1 += a1 * b1; c1_2 += a1 * b2; c1_3 += a1 * b3; c1_4 += a1 * b4; c1_5 += a1 * b5; c1_6 += a1 * b6; c1_7 += a1 * b7
                 c2_0 += a2 * b0; c2_1 += a2 * b1; c2_2 += a2 * b2; c2_3 += a2 * b3; c2_4 += a2 * b4; c2_5 += a2 * b5; c2_6 += a2 * b6; c2_7 += a2 * b7
@@ -148,14 +153,15 @@ def gather_8_8(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
 def gather_8_1(src, rowoff, koff, b, out, m0, m1, acc, z, kb):
     nk = koff.shape[0]
     for k0 in range(0, max(nk, 1), kb):
-        k1 = min(nk, k0 + kb)
+        kv = koff[k0:k0 + kb]
+        bv = b[k0:k0 + kb]
         load = acc or k0 > 0
         for m in range(m0, m1 - (m1 - m0) % 1, 1):
             r0 = rowoff[m + 0]
             c0_0 = out[m + 0, 0] if load else z; c0_1 = out[m + 0, 1] if load else z; c0_2 = out[m + 0, 2] if load else z; c0_3 = out[m + 0, 3] if load else z; c0_4 = out[m + 0, 4] if load else z; c0_5 = out[m + 0, 5] if load else z; c0_6 = out[m + 0, 6] if load else z; c0_7 = out[m + 0, 7] if load else z
-            for k in range(k0, k1):
-                o = koff[k]
+            for k in range(kv.shape[0]):
+                o = kv[k]
                 a0 = src[r0 + o]
-                b0 = b[k, 0]; b1 = b[k, 1]; b2 = b[k, 2]; b3 = b[k, 3]; b4 = b[k, 4]; b5 = b[k, 5]; b6 = b[k, 6]; b7 = b[k, 7]
+                b0 = bv[k, 0]; b1 = bv[k, 1]; b2 = bv[k, 2]; b3 = bv[k, 3]; b4 = bv[k, 4]; b5 = bv[k, 5]; b6 = bv[k, 6]; b7 = bv[k, 7]
                 c0_0 += a0 * b0; c0_1 += a0 * b1; c0_2 += a0 * b2; c0_3 += a0 * b3; c0_4 += a0 * b4; c0_5 += a0 * b5; c0_6 += a0 * b6; c0_7 += a0 * b7
             out[m + 0, 0] = c0_0; out[m + 0, 1] = c0_1; out[m + 0, 2] = c0_2; out[m + 0, 3] = c0_3; out[m + 0, 4] = c0_4; out[m + 0, 5] = c0_5; out[m + 0, 6] = c0_6; out[m + 0, 7] = c0_7

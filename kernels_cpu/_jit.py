@@ -66,8 +66,9 @@ def maxpool_nhwc(x, ks, st, geo, low):
     return y
 
 
-def maxpool_grad_nhwc(x, g, ks, st, geo, gd):
-    """TF's MaxPoolGrad (argmax rule) of C-contiguous NHWC ``x`` and ``g``, in dtype ``gd``."""
+def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
+    """TF's MaxPoolGrad (argmax rule) of C-contiguous NHWC ``x`` and ``g``, in dtype ``gd``;
+    with ``relu``, followed by TF's ReluGrad with features ``x`` (in the same pass)."""
     x, g = _native(x), _native(g)
     oh, ow, pt, _, pl, _ = geo
     n, h, w, c = x.shape
@@ -80,7 +81,7 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd):
     if dx.size and g.size:
         loop = _state["maxpool_grad_nhwc"]
         _team.split(lambda b0, b1: loop(x[b0:b1], g[b0:b1], kh, kw, sh, sw, pt, pl, overlap,
-                                        dx[b0:b1]),
+                                        relu, dx[b0:b1]),
                     n, x.nbytes + g.nbytes + dx.nbytes)
     return dx
 

@@ -37,15 +37,18 @@ def maxpool_nhwc(x, kh, kw, sh, sw, pt, pl, low, y):
                                 yr[ch] = v
 
 @_jit
-def maxpool_grad_nhwc(x, g, kh, kw, sh, sw, pt, pl, accumulate, dx):
+def maxpool_grad_nhwc(x, g, kh, kw, sh, sw, pt, pl, accumulate, relu, dx):
     """Each window's gradient g[b, i, j, c] to its argmax by TF's rule: the first in-bounds
     element (row-major), replaced by a later one only when strictly greater (a NaN first
     element stays). With ``accumulate`` (overlapping windows) dx, zeroed by the caller,
     is added to; without, every element of the windows is written (0 where not the argmax)
-    and elements outside every window are left to the caller."""
+    and elements outside every window are left to the caller. With ``relu`` (MaxPoolGrad fused
+    with the ReluGrad whose features are ``x``) every element written is then multiplied by
+    1 where x > 0, else 0, as ReluGrad does (NaN and inf gradients times 0 stay NaN)."""
     n, h, w, c = x.shape
     oh, ow = g.shape[1], g.shape[2]
     zero = dx.dtype.type(0)
+    one = dx.dtype.type(1)
     best = np.empty(c, x.dtype)
     idx = np.empty(c, np.int64)
     for b in range(n):
@@ -91,9 +94,20 @@ def maxpool_grad_nhwc(x, g, kh, kw, sh, sw, pt, pl, accumulate, dx):
                         if accumulate:
                             for ch in range(c):
                                 dr[ch] += gr[ch] if idx[ch] == t else zero
+                        elif relu:
+                            xr = x[b, hh, ww]
+                            for ch in range(c):
+                                dr[ch] = ((gr[ch] if idx[ch] == t else zero)
+                                          * (one if xr[ch] > zero else zero))
                         else:
                             for ch in range(c):
                                 dr[ch] = gr[ch] if idx[ch] == t else zero
+    if relu and accumulate:
+        for b in range(n):
+            for hh in range(h):
+                for ww in range(w):
+                    for ch in range(c):
+                        dx[b, hh, ww, ch] *= one if x[b, hh, ww, ch] > zero else zero
 
 
 @_jit

@@ -1967,6 +1967,38 @@ def _maxpool_grad(node, ctx):
     return _maxpool_grad_kernel(node, False)
 
 
+# MaxPoolGrad + the ReluGrad that alone reads it, fused by the plan (runtime/executor.py) where
+# the ReluGrad's features are the pool's input (a ReLU, then a max pool): one numba pass, the
+# ReLU's mask taken where the gradient is written, instead of another pass over the gradient.
+@register_fused(("MaxPoolGrad", "ReluGrad"), "CPU")
+def _fused_maxpool_relu_grad(nodes, ctx):
+    pool_node, relu_node = nodes
+    dt = _out(pool_node)
+    pool, fixed = _pool_builder(pool_node, "maxgrad", False)
+    if pool.fmt != "NHWC" or dt not in (_F32, _F64) or _out(relu_node) != dt \
+            or not _jit.enabled():
+        return None
+    ks, st = fixed
+    unfused = [_maxpool_grad_kernel(pool_node, False),
+               kernel_registry.lookup("ReluGrad", "CPU", relu_node.attrs).builder(relu_node, ctx)]
+
+    def run(orig_input, orig_output, grad, features):
+        if not (features is orig_input and orig_input.dtype == grad.dtype == dt
+                and orig_input.flags.c_contiguous and grad.flags.c_contiguous):
+            return _members(unfused, (orig_input, orig_output, grad), (features,))
+        try:
+            _check_pool_ranks(orig_input, orig_output, grad)
+            geo = pool.geometry(orig_input.shape, ks, st)
+            _check_pooled(pool, "out_backprop", grad,
+                          (orig_input.shape[0], geo[0], geo[1], orig_input.shape[3]))
+        except Exception as e:  # noqa: BLE001 - named after the MaxPoolGrad node
+            raise kernel_registry.FusedMemberError(0, e, (orig_input, orig_output, grad)) \
+                from None
+        return (_jit.maxpool_grad_nhwc(orig_input, grad, ks, st, geo, dt, relu=True),)
+
+    return _quiet(run)
+
+
 @register("MaxPoolGradV2", "CPU", host_memory=("ksize", "strides"), type_constraints={"T": _REAL_T})
 def _maxpool_grad_v2(node, ctx):
     return _maxpool_grad_kernel(node, True)

@@ -437,7 +437,10 @@ def _fuse(steps, built, fetched):
             if any(m.deref for m in members) or any(
                     _stateful(steps[j].op) for j in range(i + 1, chain[len(pat) - 1])):
                 continue  # ref reads, or a state change between: keep the members' order
-            run = builder([built[id(m)][0] for m in members], built[id(st)][1])
+            try:
+                run = builder([built[id(m)][0] for m in members], built[id(st)][1])
+            except Exception:  # noqa: BLE001 - the members, built alone, run unfused
+                run = None
             if run is None:
                 continue
             f = _Step()

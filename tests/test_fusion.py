@@ -224,3 +224,100 @@ def test_fuse_off_by_environment():
                              env=dict(os.environ, MGRT_FUSE=value),
                              capture_output=True, text=True, check=True)
         assert out.stdout.strip() == want
+
+
+# --- MaxPoolGrad + ReluGrad ---------------------------------------------------------------------
+def _pool_ref_grad(f, g, k, s, padding, features=None):
+    """float64 MaxPoolGrad of input f by TF's argmax rule (first maximum in row-major order,
+    NaN first stays), then ReluGrad: dx * (features > 0) (features: f when not given)."""
+    n, h, w, c = f.shape
+    if padding == "SAME":
+        oh, ow = -(-h // s), -(-w // s)
+        pt = max(0, (oh - 1) * s + k - h) // 2
+        pl = max(0, (ow - 1) * s + k - w) // 2
+    else:
+        oh, ow, pt, pl = (h - k) // s + 1, (w - k) // s + 1, 0, 0
+    dx = np.zeros(f.shape)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    best = None
+                    for di in range(k):
+                        for dj in range(k):
+                            hh, ww = i * s - pt + di, j * s - pl + dj
+                            if 0 <= hh < h and 0 <= ww < w:
+                                v = f[b, hh, ww, ch]
+                                if best is None or v > best[0]:
+                                    best = (v, hh, ww)
+                    dx[b, best[1], best[2], ch] += g[b, i, j, ch]
+    with np.errstate(invalid="ignore"):
+        return dx * ((f if features is None else features) > 0)
+
+
+@pytest.mark.parametrize("k,s,padding", [(2, 2, "VALID"), (3, 2, "SAME"), (2, 2, "SAME"),
+                                         (3, 1, "VALID")])
+def test_maxpool_relu_grad_fused(k, s, padding, threads, monkeypatch):
+    rs = np.random.RandomState(k * 10 + s)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [3, 9, 10, 8])
+        r = tf.nn.relu(x)
+        p = tf.nn.max_pool(r, [1, k, k, 1], [1, s, s, 1], padding)
+        gp = tf.placeholder(tf.float32, p.shape)
+        (dx,) = tf.gradients(p, [x], gp)
+    xv = rs.randn(3, 9, 10, 8).astype(np.float32)
+    xv[0, 0, 0, :] = 0.0  # ties at zero: ReLU's mask is f > 0
+    xv[1, 4, 4, 0] = np.nan
+    sess = tf.Session(graph=g)
+    gv = rs.randn(*p.shape.as_list()).astype(np.float32)
+    gv[2, 1, 1, 3] = np.inf
+    from mgrt.kernels_cpu import _jit
+    real, fused_calls = _jit.maxpool_grad_nhwc, []
+
+    def counting(*a, **kw):
+        fused_calls.append(kw.get("relu", False))
+        return real(*a, **kw)
+    monkeypatch.setattr(_jit, "maxpool_grad_nhwc", counting)
+    got = sess.run(dx, {x: xv, gp: gv})
+    assert "_FusedMaxPoolGrad" in _step_types(sess)
+    assert fused_calls == [True]  # one pass: the ReLU's mask taken in the pool's loop
+    with np.errstate(invalid="ignore"):
+        want = _pool_ref_grad(np.maximum(xv, 0).astype(np.float64), gv.astype(np.float64),
+                              k, s, padding)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(executor, "FUSE", False)
+    s2 = tf.Session(graph=g)
+    np.testing.assert_array_equal(s2.run(dx, {x: xv, gp: gv}), got)
+    assert "_FusedMaxPoolGrad" not in _step_types(s2)
+    assert fused_calls == [True, False]
+
+
+def test_maxpool_grad_with_other_features_runs_unfused():
+    from mgrt.runtime.ops import apply_op
+    g = tf.Graph()
+    with g.as_default():
+        a = tf.placeholder(tf.float32, [1, 4, 4, 2])
+        f = tf.placeholder(tf.float32)
+        gp = tf.placeholder(tf.float32)
+        pooled = tf.nn.max_pool(a, [1, 2, 2, 1], [1, 2, 2, 1], "VALID")
+        win = dict(ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="VALID")
+        mg = apply_op("MaxPoolGrad", [a, pooled, gp], win).outputs[0]
+        out = apply_op("ReluGrad", [mg, f]).outputs[0]
+    rs = np.random.RandomState(0)
+    av, fv = rs.randn(1, 4, 4, 2).astype(np.float32), rs.randn(1, 4, 4, 2).astype(np.float32)
+    gv = rs.randn(1, 2, 2, 2).astype(np.float32)
+    s = tf.Session(graph=g)
+    got = s.run(out, {a: av, f: fv, gp: gv})
+    assert "_FusedMaxPoolGrad" in _step_types(s)  # fused, and run as its two members
+    routed = _pool_ref_grad(av.astype(np.float64), gv.astype(np.float64), 2, 2, "VALID",
+                            features=np.ones(av.shape))
+    np.testing.assert_allclose(got, routed * (fv > 0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(errors.InvalidArgumentError) as e:  # the pool's check, its node named
+        s.run(out, {a: av, f: fv, gp: np.zeros((1, 3, 2, 2), np.float32)})
+    assert "(MaxPoolGrad) with input shapes: [1,4,4,2], [1,2,2,2], [1,3,2,2]]]" in str(e.value)
+    with pytest.raises(errors.InvalidArgumentError) as e:  # ReluGrad's own check
+        s.run(out, {a: av, f: np.zeros((1, 4, 4, 3), np.float32), gp: gv})
+    assert "(ReluGrad) with input shapes: [1,4,4,2], [1,4,4,3]]]" in str(e.value)
