@@ -121,7 +121,8 @@ def release():
 
 
 # The op types whose CPU kernels run on teams: a plan with any of them holds BLAS (hold()).
-TEAM_OPS = frozenset(["Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"])
+TEAM_OPS = frozenset(["Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter",
+                      "_FusedConv2D"])  # a Conv2D fused with its BiasAdd (runtime/executor.py)
 
 
 def _pool(workers):

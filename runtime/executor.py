@@ -13,9 +13,10 @@ implicit dereference does.
 
 Fused steps: in a plan without control flow, a chain of CPU ops that kernels registered as one
 (kernel_registry.register_fused: a Conv2D whose output only its BiasAdd reads, and the Relu
-that alone reads that) runs as one step, as TensorFlow's grappler remapper fuses them; nothing
-fetched or fed is inside a chain, and a member's failure names that member's node. ``FUSE``
-(``MGRT_FUSE=0`` in the environment) turns it off.
+that alone reads that; a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step,
+as TensorFlow's grappler remapper fuses them; nothing fetched or fed is inside a chain, and a
+member's failure names that member's node. ``FUSE`` (``MGRT_FUSE=0`` in the environment)
+turns it off.
 """
 
 import operator
@@ -31,11 +32,11 @@ CONTROL_FLOW_OPS = _CONTROL_FLOW_OPS = frozenset(("Switch", "RefSwitch", "Merge"
                                "Exit", "RefExit", "NextIteration", "RefNextIteration",
                                "LoopCond"))
 _MERGE = frozenset(("Merge", "RefMerge"))
-FUSE = os.environ.get("MGRT_FUSE", "1").strip().lower() not in ("0", "false", "no", "off")
 _NEXT_ITERATION = frozenset(("NextIteration", "RefNextIteration"))
 _SWITCH = frozenset(("Switch", "RefSwitch"))
 _ENTER = frozenset(("Enter", "RefEnter"))
 _EXIT = frozenset(("Exit", "RefExit"))
+FUSE = os.environ.get("MGRT_FUSE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class Ref:

@@ -102,6 +102,15 @@ def test_fused_against_reference_and_unfused(case, relu, threads, monkeypatch):
     assert "_FusedConv2D" not in _step_types(s2)
 
 
+def test_an_inference_plan_of_fused_convolutions_holds_blas_for_its_teams():
+    g, t = _graph((2, 6, 6, 3), (3, 3, 3, 8))
+    s = _session(g, t)
+    s.run(t["out"], {t["x"]: np.ones((2, 6, 6, 3), np.float32)})
+    plan = list(s._plans.values())[-1]
+    assert [st.op.type for st in plan.steps if "Conv" in st.op.type] == ["_FusedConv2D"]
+    assert plan._team_hold
+
+
 def test_float64_fuses():
     g, t = _graph((2, 6, 6, 2), (3, 3, 2, 8), dtype=np.float64)
     s = _session(g, t)
