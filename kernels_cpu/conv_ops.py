@@ -862,8 +862,7 @@ def _conv2d_fn(node):
 
 @register("Conv2D", "CPU", type_constraints={"T": _CONV_T})
 def _conv2d(node, ctx):
-    run = _conv2d_fn(node)
-    return _quiet(lambda x, f: run(x, f))
+    return _quiet(_conv2d_fn(node))
 
 
 # --- Conv2D + BiasAdd (+ Relu), fused by the plan (runtime/executor.py) ----------------------
@@ -873,7 +872,7 @@ def _conv2d(node, ctx):
 # the results are theirs bit for bit.
 @register_fused(("Conv2D", "BiasAdd", "Relu"), "CPU")
 @register_fused(("Conv2D", "BiasAdd"), "CPU")
-def _fused_conv2d(nodes, ctx):
+def _fused_conv2d(nodes, unfused, ctx):
     conv, bias_node = nodes[0], nodes[1]
     dt = _out(conv)
     if (_data_format(conv) != "NHWC" or bias_node.attr("data_format", b"NHWC") != b"NHWC"
@@ -881,8 +880,6 @@ def _fused_conv2d(nodes, ctx):
         return None
     run_conv = _conv2d_fn(conv)
     epilogue = nn_ops.bias_relu_epilogue(dt, relu=len(nodes) == 3)
-    unfused = [run_conv] + [kernel_registry.lookup(nd.op, "CPU", nd.attrs).builder(nd, ctx)
-                            for nd in nodes[1:]]
 
     def run(x, f, b):
         if not (x.ndim == 4 and f.ndim == 4 and b.ndim == 1 and b.shape[0] == f.shape[3]
@@ -1971,7 +1968,7 @@ def _maxpool_grad(node, ctx):
 # the ReluGrad's features are the pool's input (a ReLU, then a max pool): one numba pass, the
 # ReLU's mask taken where the gradient is written, instead of another pass over the gradient.
 @register_fused(("MaxPoolGrad", "ReluGrad"), "CPU")
-def _fused_maxpool_relu_grad(nodes, ctx):
+def _fused_maxpool_relu_grad(nodes, unfused, ctx):
     pool_node, relu_node = nodes
     dt = _out(pool_node)
     pool, fixed = _pool_builder(pool_node, "maxgrad", False)
@@ -1979,8 +1976,6 @@ def _fused_maxpool_relu_grad(nodes, ctx):
             or not _jit.enabled():
         return None
     ks, st = fixed
-    unfused = [_maxpool_grad_kernel(pool_node, False),
-               kernel_registry.lookup("ReluGrad", "CPU", relu_node.attrs).builder(relu_node, ctx)]
 
     def run(orig_input, orig_output, grad, features):
         if not (features is orig_input and orig_input.dtype == grad.dtype == dt

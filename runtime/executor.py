@@ -413,13 +413,14 @@ def _fuse(steps, built, fetched):
     for i, st in enumerate(steps):
         for s in st.in_slots:
             readers.setdefault(s, []).append(i)
+    longest = max(len(p) for p in patterns)
     removed, fused = set(), {}
     for i, st in enumerate(steps):
-        if (st.op.type not in firsts or i in removed or id(st) not in built or st.run is None
+        if (st.op.type not in firsts or i in removed or id(st) not in built
                 or getattr(st.device, "device_type", "CPU") != "CPU"):
             continue
         chain = [i]
-        while len(chain) < 4:
+        while len(chain) < longest:
             cur = steps[chain[-1]]
             s = cur.out_slots[0] if cur.n_out == 1 else -1
             r = readers.get(s, ())
@@ -427,7 +428,7 @@ def _fuse(steps, built, fetched):
                 break
             nxt = steps[r[0]]
             if (nxt.in_slots[0] != s or s in nxt.in_slots[1:] or nxt.device is not st.device
-                    or id(nxt) not in built or nxt.run is None):
+                    or id(nxt) not in built):
                 break
             chain.append(r[0])
         types = tuple(steps[j].op.type for j in chain)
@@ -439,7 +440,8 @@ def _fuse(steps, built, fetched):
                     _stateful(steps[j].op) for j in range(i + 1, chain[len(pat) - 1])):
                 continue  # ref reads, or a state change between: keep the members' order
             try:
-                run = builder([built[id(m)][0] for m in members], built[id(st)][1])
+                run = builder([built[id(m)][0] for m in members], [m.run for m in members],
+                              built[id(st)][1])
             except Exception:  # noqa: BLE001 - the members, built alone, run unfused
                 run = None
             if run is None:

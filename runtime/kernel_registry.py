@@ -99,8 +99,9 @@ def lookup(op_type, device_type, attrs=None):
 # --- fused kernels ------------------------------------------------------------------------------
 # A chain of ops (a Conv2D, the BiasAdd that alone reads its output, the Relu that alone reads
 # that), which the executor may run as one step, as TensorFlow's grappler remapper does. The
-# builder gets the members' KernelNodes and returns ``run(*inputs)`` or None (these attrs do
-# not fuse); the inputs are the first member's followed by each later member's other inputs.
+# builder gets the members' KernelNodes and their own kernels' runs (to fall back on, one after
+# another) and returns ``run(*inputs)`` or None (these attrs do not fuse); the inputs are the
+# first member's followed by each later member's other inputs.
 _FUSED = {}  # (op types, device_type) -> builder
 
 
@@ -114,7 +115,8 @@ class FusedMemberError(Exception):
 
 
 def register_fused(op_types, device_type="CPU"):
-    """Decorator: register ``builder(nodes, ctx) -> run or None`` for a chain of op types."""
+    """Decorator: register ``builder(nodes, runs, ctx) -> run or None`` for a chain of op
+    types (``runs``: the members' kernels, built alone)."""
     def deco(builder):
         _FUSED[(tuple(op_types), device_type)] = builder
         return builder
