@@ -43,6 +43,10 @@ def _compile():
     _state["maxpool_nhwc"] = _jit_loops.maxpool_nhwc
     _state["maxpool_grad_nhwc"] = _jit_loops.maxpool_grad_nhwc
     _state["relu_grad"] = _jit_loops.relu_grad
+    _state["bias_relu"] = _jit_loops.bias_relu
+    _state["sgd"] = _jit_loops.sgd
+    _state["sgd_inplace"] = _jit_loops.sgd_inplace
+    _state["relu_grad_inplace"] = _jit_loops.relu_grad_inplace
 
 
 def _native(x):
@@ -86,13 +90,44 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
     return dx
 
 
-def relu_grad(g, f):
+def relu_grad(g, f, out=None):
     """TF's ReluGrad, g * (f > 0) (NaN and inf times 0 are NaN), of same-shape C-contiguous
-    float32 or float64 arrays, in one pass."""
-    out = np.empty(g.shape, g.dtype)
-    g1, f1, o1 = g.reshape(-1), f.reshape(-1), out.reshape(-1)
-    loop = _state["relu_grad"]
+    float32 or float64 arrays, in one pass; into ``out`` when given (it may be ``g``)."""
+    g1, f1 = g.reshape(-1), f.reshape(-1)
     zero, one = g.dtype.type(0), g.dtype.type(1)
+    if out is g:
+        loop = _state["relu_grad_inplace"]
+        _team.split(lambda a, b: loop(g1[a:b], f1[a:b], zero, one), g1.shape[0], 3 * g.nbytes)
+        return g
+    if out is None:
+        out = np.empty(g.shape, g.dtype)
+    o1 = out.reshape(-1)
+    loop = _state["relu_grad"]
     _team.split(lambda a, b: loop(g1[a:b], f1[a:b], zero, one, o1[a:b]), g1.shape[0],
                 3 * out.nbytes)
     return out
+
+
+def bias_relu(x, b, relu, team=True):
+    """``x`` (rows, C), C-contiguous float32 or float64, plus ``b`` (C,) of its dtype in place,
+    then the ReLU when ``relu``, in one pass (BiasAdd and Relu fused). On a team when big and
+    ``team`` (False: on the calling thread, for a caller that is a team's item itself)."""
+    loop = _state["bias_relu"]
+    if team:
+        _team.split(lambda a, c: loop(x[a:c], b, relu), x.shape[0], 2 * x.nbytes)
+    else:
+        loop(x, b, relu)
+
+
+def sgd(var, g, alpha, out):
+    """TF's ApplyGradientDescent, out = var - g * alpha (``alpha`` a scalar of their dtype), of
+    same-shape C-contiguous float32 or float64 arrays, in one pass; ``out`` may be ``var``."""
+    v1, g1 = var.reshape(-1), g.reshape(-1)
+    if out is var:
+        loop = _state["sgd_inplace"]
+        _team.split(lambda a, b: loop(v1[a:b], g1[a:b], alpha), v1.shape[0], 3 * var.nbytes)
+        return
+    o1 = out.reshape(-1)
+    loop = _state["sgd"]
+    _team.split(lambda a, b: loop(v1[a:b], g1[a:b], alpha, o1[a:b]), v1.shape[0],
+                3 * var.nbytes)

@@ -116,3 +116,46 @@ def relu_grad(g, f, zero, one, out):
     times 0 included (no fastmath: x * 0 must stay NaN for NaN and inf x)."""
     for i in range(g.shape[0]):
         out[i] = g[i] * (one if f[i] > zero else zero)
+
+
+@_jit
+def bias_relu(x, b, relu):
+    """x (rows, C), C-contiguous, += b in place; then, with ``relu``, every element below 0
+    becomes 0 (NaN and -0.0 stay, as TF's max(x, 0) keeps them). One pass over x."""
+    m, c = x.shape
+    zero = x.dtype.type(0)
+    if relu:
+        for i in range(m):
+            r = x[i]
+            for j in range(c):
+                v = r[j] + b[j]
+                r[j] = zero if v < zero else v
+    else:
+        for i in range(m):
+            r = x[i]
+            for j in range(c):
+                r[j] = r[j] + b[j]
+
+
+# In-place forms are loops of their own: LLVM vectorizes a loop over distinct arrays after a
+# runtime check that they do not overlap, and takes the scalar loop when out is an input.
+@_jit
+def relu_grad_inplace(g, f, zero, one):
+    """g *= (1 if f > 0 else 0) over 1-D arrays (relu_grad into g)."""
+    for i in range(g.shape[0]):
+        g[i] = g[i] * (one if f[i] > zero else zero)
+
+
+@_jit
+def sgd(v, g, alpha, out):
+    """out = v - g * alpha over 1-D arrays: TF's ApplyGradientDescent, the product rounded
+    before the difference as Eigen's ``var -= grad * lr`` rounds it."""
+    for i in range(v.shape[0]):
+        out[i] = v[i] - g[i] * alpha
+
+
+@_jit
+def sgd_inplace(v, g, alpha):
+    """v = v - g * alpha over 1-D arrays (sgd into v)."""
+    for i in range(v.shape[0]):
+        v[i] = v[i] - g[i] * alpha

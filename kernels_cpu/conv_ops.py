@@ -884,26 +884,14 @@ def _fused_conv2d(nodes, unfused, ctx):
     def run(x, f, b):
         if not (x.ndim == 4 and f.ndim == 4 and b.ndim == 1 and b.shape[0] == f.shape[3]
                 and x.dtype == f.dtype == b.dtype == dt):
-            return _members(unfused, (x, f), (b,))  # each member's own checks and errors
+            # each member's own checks and errors
+            return kernel_registry.run_members(unfused, (x, f), (b,))
         try:
             return run_conv(x, f, epilogue(b))
         except Exception as e:  # noqa: BLE001 - named after the Conv2D node
             raise kernel_registry.FusedMemberError(0, e, (x, f)) from None
 
     return _quiet(run)
-
-
-def _members(runs, first_inputs, extra):
-    """The fused members one after another (TensorFlow's order of checks and errors): member
-    i > 0 takes the previous output and extra[i - 1] (when there is one)."""
-    inputs = first_inputs
-    for i, fn in enumerate(runs):
-        try:
-            (out,) = fn(*inputs)
-        except Exception as e:  # noqa: BLE001 - named after the member node
-            raise kernel_registry.FusedMemberError(i, e, inputs) from None
-        inputs = (out,) + ((extra[i],) if i < len(extra) else ())
-    return (out,)
 
 
 def _bp_dims(label, ca, in_shape, f_shape, dy, depthwise=False):
@@ -1980,7 +1968,8 @@ def _fused_maxpool_relu_grad(nodes, unfused, ctx):
     def run(orig_input, orig_output, grad, features):
         if not (features is orig_input and orig_input.dtype == grad.dtype == dt
                 and orig_input.flags.c_contiguous and grad.flags.c_contiguous):
-            return _members(unfused, (orig_input, orig_output, grad), (features,))
+            return kernel_registry.run_members(unfused, (orig_input, orig_output, grad),
+                                               (features,))
         try:
             _check_pool_ranks(orig_input, orig_output, grad)
             geo = pool.geometry(orig_input.shape, ks, st)

@@ -48,6 +48,7 @@ import threading
 
 import numpy as np
 
+from mgrt.kernels_cpu import _jit
 from mgrt.kernels_cpu.array_ops import _slice_debug_string
 from mgrt.runtime import dtypes, errors
 from mgrt.runtime.executor import Ref
@@ -708,6 +709,12 @@ _TO = {
     "Adagrad": (_adagrad_to_fn(None), 2),
     "AdagradV2": (_adagrad_to_fn("epsilon"), 2),
 }
+# The same updates as one numba pass (_jit), where the loops are on and the arrays are float32 or
+# float64 with a C-contiguous gradient: ``fn(s, d, h, g)``, the same roundings as above.
+_JIT_DT = (np.dtype(np.float32), np.dtype(np.float64))
+_JIT_TO = {
+    "GradientDescent": lambda s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
+}
 # Elements per chunk: the chunks of the variable, its slots, the gradient and the scratch arrays
 # stay in the core's cache between the ops of a chunk (one pass over memory instead of one per op).
 _CHUNK_BYTES = 1 << 18
@@ -884,6 +891,7 @@ def _make_apply(family, resource):
         hp_names = hp_names[:grad_pos] + hp_names[grad_pos + 1:]
         use_locking = bool(attrs.get("use_locking", False))
         to, n_tmp = _TO.get(family, (None, 0))
+        fast = _JIT_TO.get(family) if _jit.enabled() else None
         guard = _guard_of(ctx) if to is not None else None
         small = [to is None]  # whether the last update was of a small variable (or no _TO)
 
@@ -902,7 +910,10 @@ def _make_apply(family, resource):
             if sole is not None and all(c.shape == var.shape and c.dtype == dtype for c in cur):
                 # the sole buffers in place, the others into new ones
                 dst = [c if ok else np.empty(c.shape, dtype) for c, ok in zip(cur, sole)]
-                _update_to(to, n_tmp, attrs, cur, dst, h, g)
+                if fast is not None and dtype in _JIT_DT and g.flags.c_contiguous:
+                    fast(cur, dst, h, g)
+                else:
+                    _update_to(to, n_tmp, attrs, cur, dst, h, g)
                 if not all(sole):
                     _write(holders, resource, dst)
                 return

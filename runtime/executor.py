@@ -11,12 +11,18 @@ the session's store; an input the op definition declares as a ref gets the Ref (
 write through it), any other input gets the value (read at that moment), as TensorFlow's
 implicit dereference does.
 
+Pass-through steps: in a plan without control flow whose values all live in host memory, an
+Identity (StopGradient, PreventGradient, an unfed PlaceholderWithDefault) of a value is no
+step at all: its readers and fetches read the value's own slot. The order of the remaining
+steps is unchanged, so its control inputs still run before its readers. (An Identity of a ref
+reads the variable at that point: it stays a step.)
+
 Fused steps: in a plan without control flow, a chain of CPU ops that kernels registered as one
-(kernel_registry.register_fused: a Conv2D whose output only its BiasAdd reads, and the Relu
-that alone reads that; a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step,
-as TensorFlow's grappler remapper fuses them; nothing fetched or fed is inside a chain, and a
-member's failure names that member's node. ``FUSE`` (``MGRT_FUSE=0`` in the environment)
-turns it off.
+(kernel_registry.register_fused: a Conv2D or MatMul whose output only its BiasAdd reads, and
+the Relu that alone reads that; a MatMul whose output only a ReluGrad reads, as its gradient;
+a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step, as TensorFlow's grappler
+remapper fuses them; nothing fetched or fed is inside a chain, and a member's failure names
+that member's node. ``FUSE`` (``MGRT_FUSE=0`` in the environment) turns both rewrites off.
 """
 
 import operator
@@ -282,8 +288,11 @@ class Plan:
             st.out_slots = outs
             st.n_out = len(outs)
             steps.append(st)
+        self.fetch_slots = [slot_of[id(t)] for t in fetch_tensors]
+        if FUSE and not self.has_control_flow and not crosses_devices:
+            steps = _pass_through(steps, self.fetch_slots)
         if FUSE and not self.has_control_flow:
-            steps = _fuse(steps, built, {slot_of[id(t)] for t in fetch_tensors})
+            steps = _fuse(steps, built, set(self.fetch_slots))
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
@@ -299,7 +308,6 @@ class Plan:
             for st, dev in non_host_steps:
                 st.run = _activating(st.run, dev.activate)
         self.n_slots = n_slots
-        self.fetch_slots = [slot_of[id(t)] for t in fetch_tensors]
         # fetched values that live in a device's memory come back to the host
         self.fetch_devices = []
         for k, t in enumerate(fetch_tensors):
@@ -398,6 +406,29 @@ class _FusedOp:
 def _stateful(op):
     op_def = getattr(op, "op_def", None)
     return op_def is None or op_def.is_stateful
+
+
+# Op types whose kernel returns its input as it is (array_ops._identity).
+_PASS_THROUGH = frozenset(("Identity", "StopGradient", "PreventGradient",
+                           "PlaceholderWithDefault"))
+
+
+def _pass_through(steps, fetch_slots):
+    """``steps`` without the pass-through steps (module docstring): the slots that their
+    readers, later steps and ``fetch_slots`` (rewritten in place) read are their inputs'."""
+    alias = {}
+    kept = []
+    for st in steps:
+        if alias:
+            st.in_slots = [alias.get(s, s) for s in st.in_slots]
+        if (st.op.type in _PASS_THROUGH and st.run is not None and not st.deref
+                and len(st.in_slots) == 1 and st.n_out == 1 and st.out_slots[0] >= 0):
+            alias[st.out_slots[0]] = st.in_slots[0]
+            continue
+        kept.append(st)
+    if alias:
+        fetch_slots[:] = [alias.get(s, s) for s in fetch_slots]
+    return kept
 
 
 def _fuse(steps, built, fetched):

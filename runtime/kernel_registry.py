@@ -114,6 +114,21 @@ class FusedMemberError(Exception):
         self.index, self.exc, self.inputs = index, exc, inputs
 
 
+def run_members(runs, first_inputs, extra, start=0):
+    """A fused kernel's members ``runs[start:]`` one after another, unfused (TensorFlow's order
+    of checks and errors): member ``start`` takes ``first_inputs``; each later member i takes
+    the previous output and ``extra[i - 1]`` (its other input, where it has one). A failure
+    raises FusedMemberError naming the member."""
+    inputs = first_inputs
+    for i in range(start, len(runs)):
+        try:
+            (out,) = runs[i](*inputs)
+        except Exception as e:  # noqa: BLE001 - named after the member node
+            raise FusedMemberError(i, e, inputs) from None
+        inputs = (out,) + ((extra[i],) if i < len(extra) else ())
+    return (out,)
+
+
 def register_fused(op_types, device_type="CPU"):
     """Decorator: register ``builder(nodes, runs, ctx) -> run or None`` for a chain of op
     types (``runs``: the members' kernels, built alone)."""
