@@ -41,6 +41,9 @@ def enabled():
 def _compile():
     from mgrt.kernels_cpu import _jit_loops
     _state["maxpool_nhwc"] = _jit_loops.maxpool_nhwc
+    _state["maxpool_2x2_nhwc"] = _jit_loops.maxpool_2x2_nhwc
+    _state["maxpool_2x2_argmax"] = _jit_loops.maxpool_2x2_argmax
+    _state["maxpool_2x2_scatter"] = _jit_loops.maxpool_2x2_scatter
     _state["maxpool_grad_nhwc"] = _jit_loops.maxpool_grad_nhwc
     _state["relu_grad"] = _jit_loops.relu_grad
     _state["bias_relu"] = _jit_loops.bias_relu
@@ -63,7 +66,14 @@ def maxpool_nhwc(x, ks, st, geo, low):
     oh, ow, pt, _, pl, _ = geo
     y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
     if y.size:
-        loop, low = _state["maxpool_nhwc"], x.dtype.type(low)
+        low = x.dtype.type(low)
+        if (ks[1] == ks[2] == st[1] == st[2] == 2 and pt == pl == 0
+                and 2 * oh <= x.shape[1] and 2 * ow <= x.shape[2]):
+            loop2 = _state["maxpool_2x2_nhwc"]
+            _team.split(lambda b0, b1: loop2(x[b0:b1], low, y[b0:b1]), x.shape[0],
+                        x.nbytes + y.nbytes)
+            return y
+        loop = _state["maxpool_nhwc"]
         _team.split(lambda b0, b1: loop(x[b0:b1], ks[1], ks[2], st[1], st[2], pt, pl, low,
                                         y[b0:b1]),
                     x.shape[0], x.nbytes + y.nbytes)
@@ -82,7 +92,16 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
     covers = (not overlap and kh == sh and kw == sw and pt == 0 and pl == 0
               and oh * kh >= h and ow * kw >= w)
     dx = np.empty(x.shape, gd) if covers else np.zeros(x.shape, gd)
-    if dx.size and g.size:
+    if dx.size and g.size and kh == kw == sh == sw == 2 and pt == pl == 0 \
+            and 2 * oh <= h and 2 * ow <= w:
+        arg, scatter = _state["maxpool_2x2_argmax"], _state["maxpool_2x2_scatter"]
+        t = np.empty(g.shape, np.uint8)
+
+        def images(b0, b1):
+            arg(x[b0:b1], t[b0:b1])
+            scatter(x[b0:b1], g[b0:b1], t[b0:b1], relu, dx[b0:b1])
+        _team.split(images, n, x.nbytes + g.nbytes + dx.nbytes)
+    elif dx.size and g.size:
         loop = _state["maxpool_grad_nhwc"]
         _team.split(lambda b0, b1: loop(x[b0:b1], g[b0:b1], kh, kw, sh, sw, pt, pl, overlap,
                                         relu, dx[b0:b1]),
