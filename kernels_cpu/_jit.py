@@ -49,6 +49,8 @@ def _compile():
     _state["bias_relu"] = _jit_loops.bias_relu
     _state["sgd"] = _jit_loops.sgd
     _state["sgd_inplace"] = _jit_loops.sgd_inplace
+    _state["momentum"] = _jit_loops.momentum
+    _state["momentum_inplace"] = _jit_loops.momentum_inplace
     _state["relu_grad_inplace"] = _jit_loops.relu_grad_inplace
 
 
@@ -150,3 +152,20 @@ def sgd(var, g, alpha, out):
     loop = _state["sgd"]
     _team.split(lambda a, b: loop(v1[a:b], g1[a:b], alpha, o1[a:b]), v1.shape[0],
                 3 * var.nbytes)
+
+
+def momentum(var, acc, g, lr, mom, nesterov, out_var, out_acc):
+    """TF's ApplyMomentum of same-shape C-contiguous float32 or float64 arrays (``lr``, ``mom``
+    scalars of their dtype) into ``out_var`` and ``out_acc`` (either may be its input), in
+    one pass."""
+    v1, a1, g1 = var.reshape(-1), acc.reshape(-1), g.reshape(-1)
+    if out_var is var and out_acc is acc:
+        loop = _state["momentum_inplace"]
+        _team.split(lambda a, b: loop(v1[a:b], a1[a:b], g1[a:b], lr, mom, nesterov),
+                    v1.shape[0], 5 * var.nbytes)
+        return
+    ov, oa = out_var.reshape(-1), out_acc.reshape(-1)
+    loop = _state["momentum"]
+    _team.split(lambda a, b: loop(v1[a:b], a1[a:b], g1[a:b], lr, mom, nesterov, ov[a:b],
+                                  oa[a:b]),
+                v1.shape[0], 5 * var.nbytes)

@@ -255,3 +255,30 @@ def sgd_inplace(v, g, alpha):
     """v = v - g * alpha over 1-D arrays (sgd into v)."""
     for i in range(v.shape[0]):
         v[i] = v[i] - g[i] * alpha
+
+
+@_jit
+def momentum(v, acc, g, lr, mom, nesterov, out_v, out_acc):
+    """TF's ApplyMomentum over 1-D arrays, each product and sum rounded as its Eigen
+    expression rounds them: acc' = acc * mom + g; v' = v - acc' * lr, or with Nesterov
+    v - (g * lr + acc' * mom * lr). Outputs may be the inputs (then LLVM's overlap check sends
+    the loop to its scalar form: momentum_inplace is the vector one)."""
+    for i in range(v.shape[0]):
+        a = acc[i] * mom + g[i]
+        out_acc[i] = a
+        if nesterov:
+            out_v[i] = v[i] - (g[i] * lr + a * mom * lr)
+        else:
+            out_v[i] = v[i] - a * lr
+
+
+@_jit
+def momentum_inplace(v, acc, g, lr, mom, nesterov):
+    """momentum with the outputs written over v and acc."""
+    for i in range(v.shape[0]):
+        a = acc[i] * mom + g[i]
+        acc[i] = a
+        if nesterov:
+            v[i] = v[i] - (g[i] * lr + a * mom * lr)
+        else:
+            v[i] = v[i] - a * lr

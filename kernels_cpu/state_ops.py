@@ -713,7 +713,9 @@ _TO = {
 # float64 with a C-contiguous gradient: ``fn(s, d, h, g)``, the same roundings as above.
 _JIT_DT = (np.dtype(np.float32), np.dtype(np.float64))
 _JIT_TO = {
-    "GradientDescent": lambda s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
+    "GradientDescent": lambda a, s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
+    "Momentum": lambda a, s, d, h, g: _jit.momentum(s[0], s[1], g, h["lr"], h["momentum"],
+                                                    bool(a.get("use_nesterov")), d[0], d[1]),
 }
 # Elements per chunk: the chunks of the variable, its slots, the gradient and the scratch arrays
 # stay in the core's cache between the ops of a chunk (one pass over memory instead of one per op).
@@ -907,11 +909,15 @@ def _make_apply(family, resource):
             g = grad.astype(dtype, copy=False)
             if to is not None:
                 small[0] = var.size < _MIN_IN_PLACE
+            jit = (fast is not None and dtype in _JIT_DT and g.flags.c_contiguous
+                   and all(c.flags.c_contiguous for c in cur))
+            if sole is None and jit:
+                sole = [False] * len(cur)  # new buffers, written by one numba pass
             if sole is not None and all(c.shape == var.shape and c.dtype == dtype for c in cur):
                 # the sole buffers in place, the others into new ones
                 dst = [c if ok else np.empty(c.shape, dtype) for c, ok in zip(cur, sole)]
-                if fast is not None and dtype in _JIT_DT and g.flags.c_contiguous:
-                    fast(cur, dst, h, g)
+                if jit:
+                    fast(attrs, cur, dst, h, g)
                 else:
                     _update_to(to, n_tmp, attrs, cur, dst, h, g)
                 if not all(sole):

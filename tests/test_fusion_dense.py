@@ -325,3 +325,54 @@ def test_sgd_without_jit_is_the_same(monkeypatch):
         s.run(upd, {grad: gv})
         results.append(s.run(v))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+# --- ApplyMomentum in one numba pass -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("n,shared", [(300, False), (40000, False), (40000, True)])
+def test_momentum_numba_pass_rounds_as_tensorflow(dtype, nesterov, n, shared):
+    """Small variables (new buffers) and big ones (in place, or new buffers while a fetched
+    value still holds the old one): each product and sum rounded as TF's expression."""
+    rs = np.random.RandomState(8)
+    v0 = rs.randn(n).astype(dtype)
+    gs = [rs.randn(n).astype(dtype) for _ in range(3)]
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.Variable(v0)
+        grad = tf.placeholder(dtype, [n])
+        opt = tf.train.MomentumOptimizer(0.05, 0.9, use_nesterov=nesterov)
+        upd = opt.apply_gradients([(grad, v)])
+        acc = opt.get_slot(v, "momentum")
+        init = tf.global_variables_initializer()
+    s = tf.Session(graph=g)
+    s.run(init)
+    import mgrt.kernels_cpu._jit as jmod
+    calls, real = [], jmod.momentum
+
+    def counting(*a):
+        calls.append(a[-2] is a[0])
+        return real(*a)
+    jmod.momentum = counting
+    try:
+        held = []
+        for gv in gs:
+            if shared:
+                held.append(s.run(v))
+            s.run(upd, {grad: gv})
+    finally:
+        jmod.momentum = real
+    assert len(calls) == 3 and all(calls) == (n >= 16384 and not shared)
+    lr, mom = dtype(np.float32(0.05)), dtype(np.float32(0.9))
+    want_v, want_a = v0.copy(), np.zeros(n, dtype)
+    for gv in gs:
+        want_a = want_a * mom + gv
+        if nesterov:
+            want_v = want_v - (gv * lr + want_a * mom * lr)
+        else:
+            want_v = want_v - want_a * lr
+    got_v, got_a = s.run([v, acc])
+    np.testing.assert_array_equal(got_a, want_a)
+    np.testing.assert_array_equal(got_v, want_v)
+    if shared:
+        np.testing.assert_array_equal(held[0], v0)
