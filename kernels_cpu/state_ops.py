@@ -710,7 +710,8 @@ _TO = {
     "AdagradV2": (_adagrad_to_fn("epsilon"), 2),
 }
 # The same updates as one numba pass (_jit), where the loops are on and the arrays are float32 or
-# float64 with a C-contiguous gradient: ``fn(s, d, h, g)``, the same roundings as above.
+# float64 and C-contiguous: ``fn(attrs, s, d, h, g)``, the same roundings as above. They serve
+# small variables too (into new buffers): one call instead of a numpy expression per operation.
 _JIT_DT = (np.dtype(np.float32), np.dtype(np.float64))
 _JIT_TO = {
     "GradientDescent": lambda a, s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
