@@ -38,20 +38,15 @@ def enabled():
     return on
 
 
+_LOOPS = ("maxpool_nhwc", "maxpool_2x2_nhwc", "maxpool_2x2_argmax", "maxpool_2x2_scatter",
+          "maxpool_grad_nhwc", "relu_grad", "relu_grad_inplace", "bias_relu", "sgd",
+          "sgd_inplace", "momentum", "momentum_inplace")
+
+
 def _compile():
     from mgrt.kernels_cpu import _jit_loops
-    _state["maxpool_nhwc"] = _jit_loops.maxpool_nhwc
-    _state["maxpool_2x2_nhwc"] = _jit_loops.maxpool_2x2_nhwc
-    _state["maxpool_2x2_argmax"] = _jit_loops.maxpool_2x2_argmax
-    _state["maxpool_2x2_scatter"] = _jit_loops.maxpool_2x2_scatter
-    _state["maxpool_grad_nhwc"] = _jit_loops.maxpool_grad_nhwc
-    _state["relu_grad"] = _jit_loops.relu_grad
-    _state["bias_relu"] = _jit_loops.bias_relu
-    _state["sgd"] = _jit_loops.sgd
-    _state["sgd_inplace"] = _jit_loops.sgd_inplace
-    _state["momentum"] = _jit_loops.momentum
-    _state["momentum_inplace"] = _jit_loops.momentum_inplace
-    _state["relu_grad_inplace"] = _jit_loops.relu_grad_inplace
+    for name in _LOOPS:
+        _state[name] = getattr(_jit_loops, name)
 
 
 def _native(x):
@@ -59,6 +54,13 @@ def _native(x):
     if x.dtype == np.float16:
         return x.astype(np.float32)
     return np.ascontiguousarray(x)
+
+
+def _tiles_2x2(ks, st, geo, shape):
+    """Whether the windows are 2x2 at stride 2, unpadded, all inside the input (the 2x2 loops)."""
+    oh, ow, pt, _, pl, _ = geo
+    return (ks[1] == ks[2] == st[1] == st[2] == 2 and pt == pl == 0
+            and 2 * oh <= shape[1] and 2 * ow <= shape[2])
 
 
 def maxpool_nhwc(x, ks, st, geo, low):
@@ -69,8 +71,7 @@ def maxpool_nhwc(x, ks, st, geo, low):
     y = np.empty((x.shape[0], oh, ow, x.shape[3]), x.dtype)
     if y.size:
         low = x.dtype.type(low)
-        if (ks[1] == ks[2] == st[1] == st[2] == 2 and pt == pl == 0
-                and 2 * oh <= x.shape[1] and 2 * ow <= x.shape[2]):
+        if _tiles_2x2(ks, st, geo, x.shape):
             loop2 = _state["maxpool_2x2_nhwc"]
             _team.split(lambda b0, b1: loop2(x[b0:b1], low, y[b0:b1]), x.shape[0],
                         x.nbytes + y.nbytes)
@@ -94,8 +95,7 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
     covers = (not overlap and kh == sh and kw == sw and pt == 0 and pl == 0
               and oh * kh >= h and ow * kw >= w)
     dx = np.empty(x.shape, gd) if covers else np.zeros(x.shape, gd)
-    if dx.size and g.size and kh == kw == sh == sw == 2 and pt == pl == 0 \
-            and 2 * oh <= h and 2 * ow <= w:
+    if dx.size and g.size and _tiles_2x2(ks, st, geo, x.shape):
         arg, scatter = _state["maxpool_2x2_argmax"], _state["maxpool_2x2_scatter"]
         t = np.empty(g.shape, np.uint8)
 
@@ -111,21 +111,25 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
     return dx
 
 
+def _elementwise(name, arrays, scalars, work_bytes):
+    """numba loop ``name`` over same-size C-contiguous ``arrays`` (flat views, in blocks on a
+    team when ``work_bytes`` is big), then ``scalars``: loop(*array blocks, *scalars)."""
+    loop = _state[name]
+    flat = [x.reshape(-1) for x in arrays]
+    _team.split(lambda a, b: loop(*[x[a:b] for x in flat], *scalars), flat[0].shape[0],
+                work_bytes)
+
+
 def relu_grad(g, f, out=None):
     """TF's ReluGrad, g * (f > 0) (NaN and inf times 0 are NaN), of same-shape C-contiguous
     float32 or float64 arrays, in one pass; into ``out`` when given (it may be ``g``)."""
-    g1, f1 = g.reshape(-1), f.reshape(-1)
-    zero, one = g.dtype.type(0), g.dtype.type(1)
+    scalars = (g.dtype.type(0), g.dtype.type(1))
     if out is g:
-        loop = _state["relu_grad_inplace"]
-        _team.split(lambda a, b: loop(g1[a:b], f1[a:b], zero, one), g1.shape[0], 3 * g.nbytes)
+        _elementwise("relu_grad_inplace", (g, f), scalars, 3 * g.nbytes)
         return g
     if out is None:
         out = np.empty(g.shape, g.dtype)
-    o1 = out.reshape(-1)
-    loop = _state["relu_grad"]
-    _team.split(lambda a, b: loop(g1[a:b], f1[a:b], zero, one, o1[a:b]), g1.shape[0],
-                3 * out.nbytes)
+    _elementwise("relu_grad", (g, f, out), scalars, 3 * out.nbytes)
     return out
 
 
@@ -143,29 +147,18 @@ def bias_relu(x, b, relu, team=True):
 def sgd(var, g, alpha, out):
     """TF's ApplyGradientDescent, out = var - g * alpha (``alpha`` a scalar of their dtype), of
     same-shape C-contiguous float32 or float64 arrays, in one pass; ``out`` may be ``var``."""
-    v1, g1 = var.reshape(-1), g.reshape(-1)
     if out is var:
-        loop = _state["sgd_inplace"]
-        _team.split(lambda a, b: loop(v1[a:b], g1[a:b], alpha), v1.shape[0], 3 * var.nbytes)
-        return
-    o1 = out.reshape(-1)
-    loop = _state["sgd"]
-    _team.split(lambda a, b: loop(v1[a:b], g1[a:b], alpha, o1[a:b]), v1.shape[0],
-                3 * var.nbytes)
+        _elementwise("sgd_inplace", (var, g), (alpha,), 3 * var.nbytes)
+    else:
+        _elementwise("sgd", (var, g, out), (alpha,), 3 * var.nbytes)
 
 
 def momentum(var, acc, g, lr, mom, nesterov, out_var, out_acc):
     """TF's ApplyMomentum of same-shape C-contiguous float32 or float64 arrays (``lr``, ``mom``
     scalars of their dtype) into ``out_var`` and ``out_acc`` (either may be its input), in
     one pass."""
-    v1, a1, g1 = var.reshape(-1), acc.reshape(-1), g.reshape(-1)
+    scalars = (lr, mom, nesterov)
     if out_var is var and out_acc is acc:
-        loop = _state["momentum_inplace"]
-        _team.split(lambda a, b: loop(v1[a:b], a1[a:b], g1[a:b], lr, mom, nesterov),
-                    v1.shape[0], 5 * var.nbytes)
-        return
-    ov, oa = out_var.reshape(-1), out_acc.reshape(-1)
-    loop = _state["momentum"]
-    _team.split(lambda a, b: loop(v1[a:b], a1[a:b], g1[a:b], lr, mom, nesterov, ov[a:b],
-                                  oa[a:b]),
-                v1.shape[0], 5 * var.nbytes)
+        _elementwise("momentum_inplace", (var, acc, g), scalars, 5 * var.nbytes)
+    else:
+        _elementwise("momentum", (var, acc, g, out_var, out_acc), scalars, 5 * var.nbytes)

@@ -207,7 +207,7 @@ def maxpool_grad_nhwc(x, g, kh, kw, sh, sw, pt, pl, accumulate, relu, dx):
 
 
 @_jit
-def relu_grad(g, f, zero, one, out):
+def relu_grad(g, f, out, zero, one):
     """out = g * (1 if f > 0 else 0) over 1-D arrays: TF's ReluGrad, NaN and inf gradients
     times 0 included (no fastmath: x * 0 must stay NaN for NaN and inf x)."""
     for i in range(g.shape[0]):
@@ -233,7 +233,8 @@ def bias_relu(x, b, relu):
                 r[j] = r[j] + b[j]
 
 
-# In-place forms are loops of their own: LLVM vectorizes a loop over distinct arrays after a
+# The elementwise loops take their arrays first, then scalars (_jit._elementwise slices the
+# arrays). In-place forms are loops of their own: LLVM vectorizes a loop over distinct arrays after a
 # runtime check that they do not overlap, and takes the scalar loop when out is an input.
 @_jit
 def relu_grad_inplace(g, f, zero, one):
@@ -243,7 +244,7 @@ def relu_grad_inplace(g, f, zero, one):
 
 
 @_jit
-def sgd(v, g, alpha, out):
+def sgd(v, g, out, alpha):
     """out = v - g * alpha over 1-D arrays: TF's ApplyGradientDescent, the product rounded
     before the difference as Eigen's ``var -= grad * lr`` rounds it."""
     for i in range(v.shape[0]):
@@ -258,7 +259,7 @@ def sgd_inplace(v, g, alpha):
 
 
 @_jit
-def momentum(v, acc, g, lr, mom, nesterov, out_v, out_acc):
+def momentum(v, acc, g, out_v, out_acc, lr, mom, nesterov):
     """TF's ApplyMomentum over 1-D arrays, each product and sum rounded as its Eigen
     expression rounds them: acc' = acc * mom + g; v' = v - acc' * lr, or with Nesterov
     v - (g * lr + acc' * mom * lr). Outputs may be the inputs (then LLVM's overlap check sends
