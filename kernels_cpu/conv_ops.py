@@ -592,7 +592,7 @@ def _conv_core(x, nchw, fm, kh, kw, geo, cd, post=None):
     c = x.shape[1] if nchw else x.shape[3]
     k, co = fm.shape
     sh, sw, dh, dw, oh, ow, pt, pb, pl, pr = geo
-    y = np.empty((n, co, oh, ow) if nchw else (n, oh, ow, co), cd)
+    y = _jit.empty_aligned((n, co, oh, ow) if nchw else (n, oh, ow, co), cd)  # rows stored whole
 
     def whole():
         if post is not None and y.size:

@@ -168,10 +168,7 @@ def bias_relu_epilogue(dt, relu):
     repeated bias, a zero row). Either way the sums are the BiasAdd's; the ReLU keeps -0.0 in
     numba, as TensorFlow's max(x, 0) does (numpy's maximum gives +0.0)."""
     if _jit.enabled():
-        def epilogue(bias):
-            b = np.ascontiguousarray(bias)
-            return lambda rows: _jit.bias_relu(rows, b, relu, team=False)
-        return epilogue
+        return lambda bias: _jit.BiasRelu(bias, relu)
     zeros = np.zeros(_WIDE_ROW, dt)
 
     def epilogue(bias):

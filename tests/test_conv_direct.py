@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mgrt.kernels_cpu.conv_ops as conv_ops
-from mgrt.kernels_cpu import _gemm, _team
+from mgrt.kernels_cpu import _gemm, _jit, _team
 from kernel_util import conv_node_def, run_kernel
 from mgrt.runtime.errors import InvalidArgumentError
 
@@ -292,3 +292,63 @@ def test_jit_off_turns_the_path_off(monkeypatch):
     from mgrt.kernels_cpu import _jit
     monkeypatch.setitem(_jit._state, "on", False)
     assert not _gemm.usable(np.float32, 16)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("ncols", [16, 40])
+@pytest.mark.parametrize("team", [1, 3])
+def test_bias_relu_in_the_loops_is_the_separate_pass_bit_for_bit(relu, ncols, team):
+    """A _jit.BiasRelu epilogue is applied by the loops to the sums before they are stored:
+    the same float32 additions and comparisons as the bias_relu pass after them (NaN stays)."""
+    assert _jit.enabled()  # the numba loops load
+    rs = np.random.RandomState(ncols + team)
+    m, k = 203, 45  # 203 = 25 blocks of 8 and a remainder of 3
+    src = rs.randn(4000).astype(np.float32)
+    src[7] = np.nan
+    rowoff, koff = rs.randint(0, 2000, size=m), rs.randint(0, 1900, size=k)
+    rowoff[5], koff[3] = 0, 7  # row 5 reads the NaN
+    b = rs.randn(k, ncols).astype(np.float32)
+    bias = rs.randn(ncols).astype(np.float32)
+    fused = np.full((m, ncols), -1, np.float32)
+    _gemm.gather_matmul(src, rowoff, koff, b, fused, team, post=_jit.BiasRelu(bias, relu))
+    sep = np.full((m, ncols), -1, np.float32)
+    _gemm.gather_matmul(src, rowoff, koff, b, sep, team, post=lambda rows: _jit.bias_relu(
+        rows, bias, relu, team=False))
+    assert np.isnan(fused).any()
+    np.testing.assert_array_equal(fused.view(np.int32), sep.view(np.int32))
+    a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]
+    want = a @ b.astype(np.float64) + bias
+    if relu:
+        want = np.where(want < 0, 0, want)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(fused[ok], want[ok], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.isnan(fused), ~ok)
+
+
+@pytest.mark.parametrize("offset", [0, 4, 16, 48])
+def test_unaligned_b_used_in_place_or_copied(offset, monkeypatch):
+    """b's rows on any boundary: copied to an aligned buffer when small, read unaligned when
+    big (_COPY_MAX_BYTES); the same sums either way."""
+    rs = np.random.RandomState(offset)
+    k, ncols, m = 70, 16, 30
+    buf = np.empty(k * ncols * 4 + 128, np.uint8)
+    start = -buf.ctypes.data % 64 + offset
+    b = buf[start:start + k * ncols * 4].view(np.float32).reshape(k, ncols)
+    b[...] = rs.randn(k, ncols)
+    src = rs.randn(500).astype(np.float32)
+    rowoff, koff = rs.randint(0, 200, size=m), rs.randint(0, 250, size=k)
+    want = src.astype(np.float64)[rowoff[:, None] + koff[None, :]] @ b.astype(np.float64)
+    for limit in (1 << 30, 0):
+        monkeypatch.setattr(_gemm, "_COPY_MAX_BYTES", limit)
+        assert (_gemm._aligned(b) is b) == (offset % 64 == 0 or limit == 0)
+        out = np.empty((m, ncols), np.float32)
+        _gemm.gather_matmul(src, rowoff, koff, b, out)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+def test_aligned_outputs():
+    """Outputs that the loops read as b start on a cache line (_jit.empty_aligned)."""
+    for shape in [(3, 5), (32, 28, 28, 16), (0, 4)]:
+        a = _jit.empty_aligned(shape, np.float32)
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous
+        assert a.flags.writeable and (a.size == 0 or a.ctypes.data % 64 == 0)
