@@ -23,10 +23,10 @@ was 10-20% slower than with no teams at all, and with the hold 15-25% faster.
 MGRT_CONV_THREADS=N when set (1 turns teams and holds off).
 """
 
-import concurrent.futures
 import itertools
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -34,19 +34,18 @@ _ENV = os.environ.get("MGRT_CONV_THREADS", "").strip()
 _FIXED = max(1, min(64, int(_ENV))) if _ENV.isdigit() else None
 
 _lock = threading.Lock()
-_state = {"libs": None, "active": 0, "held": 0, "team": 1, "saved": None, "pool": None,
-          "pool_size": 0}
+_state = {"libs": None, "active": 0, "held": 0, "team": 1, "saved": None, "crew": None}
 
 
 def _after_fork_in_child():
-    """A forked child has none of the parent's pool threads (an inherited executor would wait
-    on them) and may have been forked while a team held the lock or BLAS at one thread."""
+    """A forked child has none of the parent's crew threads (an inherited crew would wait on
+    them) and may have been forked while a team held the lock or BLAS at one thread."""
     global _lock
     _lock = threading.Lock()
     if _state["active"] and _state["saved"]:
         for lib, n in zip(_state["libs"] or (), _state["saved"]):
             lib.set_num_threads(n)
-    _state.update(active=0, held=0, team=1, saved=None, pool=None, pool_size=0)
+    _state.update(active=0, held=0, team=1, saved=None, crew=None)
 
 
 if hasattr(os, "register_at_fork"):
@@ -125,26 +124,116 @@ TEAM_OPS = frozenset(["Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter",
                       "_FusedConv2D"])  # a Conv2D fused with its BiasAdd (runtime/executor.py)
 
 
-def _pool(workers):
-    """The worker pool, at least ``workers`` threads."""
+# How long a worker polls for its next job, and the calling thread for the workers to finish,
+# before sleeping (_spin.py): the gaps between a step's team ops are shorter than this, and a
+# sleeping thread takes about 50 microseconds to wake on the benchmark VM.
+_SPIN_S = 0.002
+
+
+class _Crew:
+    """The team's worker threads (tids 1..workers). A job is ``job(tid)``, run by every worker
+    whose tid is below the job's thread count; flags[0] is the latest job's number (``current``
+    holds it with the job), flags[tid] the number of the last job worker ``tid`` finished. Workers poll flags[0] for a new number
+    without the GIL (_spin.wait_change) for _SPIN_S after each job, then sleep on ``cond``;
+    the caller polls for the workers' numbers (_spin.wait_all), then sleeps on ``done``.
+    Without numba there is no polling: threads sleep at once. One job at a time (``busy``)."""
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.flags = np.zeros(workers + 1, np.int64)
+        self.current = (0, None, 1)
+        self.cond, self.sleeping = threading.Condition(), 0
+        self.done, self.waiting = threading.Condition(), False
+        self.busy = threading.Lock()
+        self.stopped = False
+        try:
+            from mgrt.kernels_cpu import _spin
+            self.spin = _spin
+            self.polls = self._calibrate()
+        except ImportError:
+            self.spin, self.polls = None, 0
+        for tid in range(1, workers + 1):
+            threading.Thread(target=self._loop, args=(tid,), daemon=True,
+                             name=f"mgrt-team-{tid}").start()
+
+    def _calibrate(self):
+        """Polls in _SPIN_S (a wait that never ends early, timed)."""
+        n = 100_000
+        self.spin.wait_change(self.flags, 0, 0, 10)  # compiled (or loaded) first
+        t0 = time.perf_counter()
+        self.spin.wait_change(self.flags, 0, 0, n)
+        return max(1000, int(_SPIN_S * n / max(time.perf_counter() - t0, 1e-9)))
+
+    def _loop(self, tid):
+        f, seen = self.flags, 0
+        while True:
+            v = self.spin.wait_change(f, 0, seen, self.polls) if self.spin else seen
+            if v == seen:
+                with self.cond:
+                    while f[0] == seen and not self.stopped:
+                        self.sleeping += 1
+                        try:
+                            self.cond.wait()
+                        finally:
+                            self.sleeping -= 1
+                    v = int(f[0])
+            if self.stopped:
+                return
+            seen, job, threads = self.current  # the latest job (v or a later one)
+            if tid < threads:
+                job(tid)
+            with self.done:
+                f[tid] = seen
+                if self.waiting:
+                    self.done.notify_all()
+
+    def run(self, job, threads):
+        """job(0) here and job(tid) on workers 1..threads-1; returns when all have finished."""
+        f = self.flags
+        with self.cond:
+            n = int(f[0]) + 1
+            self.current = (n, job, threads)
+            f[0] = n
+            if self.sleeping:
+                self.cond.notify_all()
+        try:
+            job(0)
+        finally:
+            if not (self.spin and self.spin.wait_all(f, 1, threads, n, self.polls)):
+                with self.done:
+                    self.waiting = True
+                    while any(f[t] != n for t in range(1, threads)):
+                        self.done.wait()
+                    self.waiting = False
+
+    def stop(self):
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+def _crew(workers):
+    """The crew, at least ``workers`` threads."""
     with _lock:
-        if _state["pool"] is None or _state["pool_size"] < workers:
-            old = _state["pool"]
-            _state["pool"] = concurrent.futures.ThreadPoolExecutor(
-                workers, thread_name_prefix="mgrt-team")
-            _state["pool_size"] = workers
-            if old is not None:
-                old.shutdown(wait=False)
-        return _state["pool"]
+        crew = _state["crew"]
+        if crew is None or crew.workers < workers:
+            if crew is not None:
+                crew.stop()
+            crew = _state["crew"] = _Crew(workers)
+        return crew
 
 
 def run(fn, items, threads):
     """[fn(item, tid) for item in items], on ``threads`` threads when there are that many
     items to share (see the module's docstring); the first exception raised is re-raised
-    after every thread has stopped."""
+    after every thread has stopped. While another thread's team runs (two sessions at once)
+    the items run on the calling thread."""
     items = list(items)
     threads = min(threads, len(items))
     if threads < 2:
+        return [fn(it, 0) for it in items]
+    crew = _crew(threads - 1)
+    if not crew.busy.acquire(blocking=False):
         return [fn(it, 0) for it in items]
     out = [None] * len(items)
     order = itertools.count()  # next() is atomic under the GIL
@@ -164,12 +253,10 @@ def run(fn, items, threads):
 
     _enter()
     try:
-        pool = _pool(threads - 1)
-        futures = [pool.submit(worker, t) for t in range(1, threads)]
-        worker(0)
-        concurrent.futures.wait(futures)
+        crew.run(worker, threads)
     finally:
         _leave()
+        crew.busy.release()
     if failed:
         raise failed[0]
     return out

@@ -2,10 +2,13 @@
 ``_conv_filter_grad_core``): results against float64 references with teams forced on (three
 threads, more than this machine's cores, so chunks are taken out of order) over NHWC/NCHW,
 strides, dilations and both paddings, BLAS held at one thread during a team and restored after (also
-after an error), concurrent kernels, and a forked child."""
+after an error), concurrent kernels, and a forked child. The crew's threads (_team._Crew): woken
+from polling and from sleep, waited for by polling and by sleeping, jobs for fewer threads than
+the crew has, and a crew busy with another thread's team."""
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -293,3 +296,59 @@ def test_matmul_split_over_a_team(teams, monkeypatch, dtype, shape, trans):
         np.testing.assert_array_equal(got, (a @ b))
     else:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# --- the crew: worker threads that poll for jobs, then sleep (_team._Crew, _spin.py) --------
+def _crew_job(crew, threads, delay=0.0):
+    """Run one job on ``crew``; returns the tids that ran it (the workers' after ``delay``)."""
+    ran, lock = [], threading.Lock()
+
+    def job(tid):
+        if tid:
+            time.sleep(delay)
+        with lock:
+            ran.append(tid)
+    crew.run(job, threads)
+    return sorted(ran)
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_crew_wakes_sleeping_workers_and_waits_for_slow_ones(spin, monkeypatch):
+    monkeypatch.setattr(_team, "_SPIN_S", 1e-4)  # workers sleep 0.1 ms after a job
+    crew = _team._Crew(3)
+    try:
+        if not spin:  # as without numba: no polling, every wait sleeps
+            crew.spin = None
+        assert _crew_job(crew, 4) == [0, 1, 2, 3]
+        time.sleep(0.05)  # every worker asleep now
+        assert _crew_job(crew, 4) == [0, 1, 2, 3]
+        # the workers outlast the caller's polling: it sleeps until they are done
+        assert _crew_job(crew, 4, delay=0.05) == [0, 1, 2, 3]
+        # a job for fewer threads: the others skip it, and a later job still finds them
+        assert _crew_job(crew, 2) == [0, 1]
+        assert _crew_job(crew, 3, delay=0.01) == [0, 1, 2]
+        assert crew.flags[0] == 5 and all(crew.flags[t] == 5 for t in (1, 2))
+    finally:
+        crew.stop()
+
+
+def test_crew_polls_are_bounded():
+    """Each wait polls a bounded number of times: a value that never changes returns."""
+    from mgrt.kernels_cpu import _spin
+    flags = np.zeros(3, np.int64)
+    assert _spin.wait_change(flags, 0, 0, 1000) == 0
+    flags[0] = 7
+    assert _spin.wait_change(flags, 0, 0, 1000) == 7
+    assert not _spin.wait_all(flags, 1, 3, 7, 1000)
+    flags[1:] = 7
+    assert _spin.wait_all(flags, 1, 3, 7, 1000)
+
+
+def test_a_team_busy_on_another_thread_runs_items_on_the_caller(monkeypatch):
+    crew = _team._crew(2)
+    assert crew.busy.acquire(blocking=False)  # another thread's team holds the crew
+    try:
+        assert _team.run(lambda item, tid: (item, tid), range(4), 3) == [(i, 0) for i in range(4)]
+    finally:
+        crew.busy.release()
+    assert {t for _, t in _team.run(lambda item, tid: (item, tid), range(40), 3)} <= {0, 1, 2}
