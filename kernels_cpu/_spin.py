@@ -4,8 +4,9 @@ numba loop (``nogil``) instead of sleeping on a lock.
 
 Why: on the benchmark VM a thread that sleeps takes about 50 microseconds to wake (its vCPU
 halts; waking it is an interrupt through the hypervisor), so a team hand-over through a
-ThreadPoolExecutor cost about 0.1 ms, twice per team op: eight team ops in the CNN's step lost
-about 0.7 ms of its 9 (bench/README.md). Spinning threads wake in well under a microsecond.
+ThreadPoolExecutor cost about 0.1 ms per team op (a no-op team run: 0.095 ms; with polling
+0.04, the rest being the GIL's own hand-over), and the CNN's step makes eight: polling took
+0.9 ms off it (bench/README.md). Spinning threads wake in well under a microsecond.
 They spin for a bounded time only (_team._SPIN_S) and then sleep as before.
 
 The loads are atomic acquire loads (an LLVM intrinsic): a plain load in a loop may be hoisted

@@ -133,10 +133,12 @@ _SPIN_S = 0.002
 class _Crew:
     """The team's worker threads (tids 1..workers). A job is ``job(tid)``, run by every worker
     whose tid is below the job's thread count; flags[0] is the latest job's number (``current``
-    holds it with the job), flags[tid] the number of the last job worker ``tid`` finished. Workers poll flags[0] for a new number
-    without the GIL (_spin.wait_change) for _SPIN_S after each job, then sleep on ``cond``;
-    the caller polls for the workers' numbers (_spin.wait_all), then sleeps on ``done``.
-    Without numba there is no polling: threads sleep at once. One job at a time (``busy``)."""
+    holds it with the job), flags[tid] the number of the last job worker ``tid`` finished.
+    Workers poll flags[0] for a new number without the GIL (_spin.wait_change) for _SPIN_S
+    after each job, then sleep on ``cond``; the caller polls for the workers' numbers
+    (_spin.wait_all), then sleeps on ``done``. Where the polling loops cannot be compiled
+    there is no polling: threads sleep at once. One job at a time (``busy``). A stopped crew
+    (replaced by a bigger one) finishes the job it was given before its threads exit."""
 
     def __init__(self, workers):
         self.workers = workers
@@ -150,7 +152,7 @@ class _Crew:
             from mgrt.kernels_cpu import _spin
             self.spin = _spin
             self.polls = self._calibrate()
-        except ImportError:
+        except Exception:  # noqa: BLE001 - no numba, or it cannot compile the loops: sleep
             self.spin, self.polls = None, 0
         for tid in range(1, workers + 1):
             threading.Thread(target=self._loop, args=(tid,), daemon=True,
@@ -177,7 +179,7 @@ class _Crew:
                         finally:
                             self.sleeping -= 1
                     v = int(f[0])
-            if self.stopped:
+            if self.stopped and v == seen:
                 return
             seen, job, threads = self.current  # the latest job (v or a later one)
             if tid < threads:

@@ -352,3 +352,17 @@ def test_a_team_busy_on_another_thread_runs_items_on_the_caller(monkeypatch):
     finally:
         crew.busy.release()
     assert {t for _, t in _team.run(lambda item, tid: (item, tid), range(40), 3)} <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("asleep", [True, False])
+def test_a_stopped_crew_finishes_the_job_it_was_given(asleep, monkeypatch):
+    """A crew replaced by a bigger one (another thread's team) while a job is posted: its
+    workers run that job before they exit, so the caller never waits forever."""
+    monkeypatch.setattr(_team, "_SPIN_S", 1e-4)
+    crew = _team._Crew(2)
+    if asleep:
+        time.sleep(0.05)
+    crew.stop()
+    assert _crew_job(crew, 3) == [0, 1, 2]
+    time.sleep(0.05)
+    assert crew.flags[1] == crew.flags[2] == 1
