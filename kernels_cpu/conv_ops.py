@@ -516,6 +516,12 @@ def _direct_offsets(n, hp, wp, c, kh, kw, geo):
     """(pixel corners, tap offsets) into a flat padded NHWC (n, hp, wp, c) input: corners of
     the n * oh * ow output pixels (row-major), offsets of the kh * kw * c taps and channels in
     the filter matrix's row order. Cached by geometry."""
+    return _offsets_entry(n, hp, wp, c, kh, kw, geo)[:2]
+
+
+def _offsets_entry(n, hp, wp, c, kh, kw, geo):
+    """(pixel corners, tap offsets, whether each is grouped for _gemm's grouped loops),
+    cached by geometry."""
     sh, sw, dh, dw, oh, ow = geo[:6]
     key = (n, hp, wp, c, kh, kw, sh, sw, dh, dw, oh, ow)
     got = _offsets_cache.get(key)
@@ -526,7 +532,8 @@ def _direct_offsets(n, hp, wp, c, kh, kw, geo):
         taps = ((np.arange(kh, dtype=np.intp)[:, None, None] * dh * wp
                  + np.arange(kw, dtype=np.intp)[None, :, None] * dw) * c
                 + np.arange(c, dtype=np.intp)[None, None, :])
-        got = rows.reshape(-1), taps.reshape(-1)
+        rows, taps = rows.reshape(-1), taps.reshape(-1)
+        got = rows, taps, _gemm.grouped(rows), _gemm.grouped(taps)
         if len(_offsets_cache) > 64:
             _offsets_cache.clear()
         _offsets_cache[key] = got
@@ -542,12 +549,13 @@ def _check_reach(xp, rowoff, koff):
 
 
 def _direct_input(x, nchw, kh, kw, geo, cd):
-    """(padded NHWC input, pixel corners, tap offsets) for a direct product, checked."""
+    """(padded NHWC input, pixel corners, tap offsets, whether the corners are grouped,
+    whether the taps are) for a direct product, checked."""
     xp = _nhwc_input(x, nchw, geo[6:], cd)
     n, hp, wp, c = xp.shape
-    rowoff, koff = _direct_offsets(n, hp, wp, c, kh, kw, geo)
+    rowoff, koff, rows_grouped, taps_grouped = _offsets_entry(n, hp, wp, c, kh, kw, geo)
     _check_reach(xp, rowoff, koff)
-    return xp, rowoff, koff
+    return xp, rowoff, koff, rows_grouped, taps_grouped
 
 
 def _direct_ok(cd, co, c):
@@ -561,10 +569,10 @@ def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y, post=None):
     """Forward convolution into ``y`` straight from the padded input (_gemm.gather_matmul)."""
     n = x.shape[0]
     k, co = fm.shape
-    xp, rowoff, koff = _direct_input(x, nchw, kh, kw, geo, cd)
+    xp, rowoff, koff, _, taps_grouped = _direct_input(x, nchw, kh, kw, geo, cd)
     team = _team_for(2.0 * y.size * k)
     out = y.reshape(-1, co) if not nchw else np.empty((rowoff.shape[0], co), cd)
-    _gemm.gather_matmul(xp, rowoff, koff, fm, out, team, post=post)
+    _gemm.gather_matmul(xp, rowoff, koff, fm, out, team, post=post, group=taps_grouped)
     if nchw:
         y[...] = out.reshape(n, geo[4], geo[5], co).transpose(_TO_NCHW)
 
@@ -572,13 +580,13 @@ def _conv_direct(x, nchw, fm, kh, kw, geo, cd, y, post=None):
 def _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd):
     """Filter gradient (kh * kw * C, O) straight from the padded input: taps x pixels."""
     co = dyc.shape[1] if nchw else dyc.shape[3]
-    xp, rowoff, koff = _direct_input(x, nchw, kh, kw, geo, cd)
+    xp, rowoff, koff, rows_grouped, _ = _direct_input(x, nchw, kh, kw, geo, cd)
     d = (dyc.transpose(_TO_NHWC) if nchw else dyc).reshape(-1, co)
     k = koff.shape[0]
     team = _team_for(2.0 * rowoff.shape[0] * k * co)
     out = np.empty((k, co), cd)
     split = "rows" if k >= 16 * _gemm.MB * team else "k"
-    return _gemm.gather_matmul(xp, koff, rowoff, d, out, team, split)
+    return _gemm.gather_matmul(xp, koff, rowoff, d, out, team, split, group=rows_grouped)
 
 
 def _conv_core(x, nchw, fm, kh, kw, geo, cd, post=None):

@@ -33,21 +33,56 @@ def test_column_blocks():
     assert _gemm._blocks(64) == [(0, 32), (32, 32)]
 
 
+def _grouped_offsets(rs, k, high):
+    """k offsets (a multiple of GROUP) that run on by one within each group."""
+    starts = rs.randint(0, high, size=k // _gemm.GROUP)
+    return (starts[:, None] + np.arange(_gemm.GROUP)).reshape(-1)
+
+
 @pytest.mark.parametrize("m", [1, 3, 8, 15, 257, 1030])
 @pytest.mark.parametrize("ncols", [8, 16, 24, 32, 40, 64])
 @pytest.mark.parametrize("team,split", [(1, "rows"), (3, "rows"), (3, "k")])
 @pytest.mark.parametrize("k", [0, 37, 100])
-def test_gather_matmul_against_numpy(m, ncols, team, split, k, monkeypatch):
+@pytest.mark.parametrize("group", [False, True])
+def test_gather_matmul_against_numpy(m, ncols, team, split, k, group, monkeypatch):
     monkeypatch.setattr(_gemm, "_K_BLOCK", 32)  # k = 37 and 100: two and four blocks
     rs = np.random.RandomState(m * 100 + ncols + k)
     src = rs.randn(5000).astype(np.float32)
     rowoff = rs.randint(0, 2000, size=m)
-    koff = rs.randint(0, 3000, size=k)
+    if group:  # 36 and 100: groups of 4 (the k split into items of whole groups)
+        k -= k % _gemm.GROUP
+        koff = _grouped_offsets(rs, k, 2990)
+        assert _gemm.grouped(koff) or k == 0
+    else:
+        koff = rs.randint(0, 3000, size=k)
     b = rs.randn(k, ncols).astype(np.float32)
     out = np.full((m, ncols), np.nan, np.float32)
-    _gemm.gather_matmul(src, rowoff, koff, b, out, team, split)
+    _gemm.gather_matmul(src, rowoff, koff, b, out, team, split, group=group)
     a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]
     np.testing.assert_allclose(out, a @ b.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+def test_grouped_offsets():
+    g = _gemm.GROUP
+    assert _gemm.grouped(np.array([5, 6, 7, 8, 20, 21, 22, 23][:2 * g]))
+    assert _gemm.grouped(np.arange(3 * g) * 1)
+    assert not _gemm.grouped(np.arange(3 * g) * 2)            # runs on by two
+    assert not _gemm.grouped(np.arange(3 * g + 1))            # not whole groups
+    assert not _gemm.grouped(np.array([], np.intp))
+    odd = np.arange(2 * g)
+    odd[g + 1] += 1
+    assert not _gemm.grouped(odd)
+
+
+def test_convolutions_take_the_grouped_loops_where_offsets_run_on():
+    # taps: 16 channels run on (grouped); 1 channel, 5 taps a row: runs of 5 (not)
+    assert conv_ops._offsets_entry(2, 12, 12, 16, 5, 5, (1, 1, 1, 1, 8, 8))[3]
+    assert not conv_ops._offsets_entry(2, 12, 12, 1, 5, 5, (1, 1, 1, 1, 8, 8))[3]
+    # pixels (a filter gradient's reduction): one channel, stride 1, rows of 28 (grouped);
+    # 16 channels (not); rows of 6 pixels (not whole groups of 4)
+    assert conv_ops._offsets_entry(2, 32, 32, 1, 5, 5, (1, 1, 1, 1, 28, 28))[2]
+    assert not conv_ops._offsets_entry(2, 32, 32, 16, 5, 5, (1, 1, 1, 1, 28, 28))[2]
+    assert not conv_ops._offsets_entry(2, 10, 10, 1, 5, 5, (1, 1, 1, 1, 6, 6))[2]
 
 
 def test_gather_matmul_readonly_inputs():
@@ -297,23 +332,26 @@ def test_jit_off_turns_the_path_off(monkeypatch):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("ncols", [16, 40])
 @pytest.mark.parametrize("team", [1, 3])
-def test_bias_relu_in_the_loops_is_the_separate_pass_bit_for_bit(relu, ncols, team):
+@pytest.mark.parametrize("group", [False, True])
+def test_bias_relu_in_the_loops_is_the_separate_pass_bit_for_bit(relu, ncols, team, group):
     """A _jit.BiasRelu epilogue is applied by the loops to the sums before they are stored:
     the same float32 additions and comparisons as the bias_relu pass after them (NaN stays)."""
     assert _jit.enabled()  # the numba loops load
     rs = np.random.RandomState(ncols + team)
-    m, k = 203, 45  # 203 = 25 blocks of 8 and a remainder of 3
+    m, k = 203, 44  # 203 = 25 blocks of 8 and a remainder of 3
     src = rs.randn(4000).astype(np.float32)
     src[7] = np.nan
-    rowoff, koff = rs.randint(0, 2000, size=m), rs.randint(0, 1900, size=k)
-    rowoff[5], koff[3] = 0, 7  # row 5 reads the NaN
+    rowoff = rs.randint(0, 2000, size=m)
+    koff = _grouped_offsets(rs, k, 1890) if group else rs.randint(0, 1900, size=k)
+    rowoff[5], koff[:4] = 4, np.arange(4)  # row 5 reads the NaN (src[4 + 3])
     b = rs.randn(k, ncols).astype(np.float32)
     bias = rs.randn(ncols).astype(np.float32)
     fused = np.full((m, ncols), -1, np.float32)
-    _gemm.gather_matmul(src, rowoff, koff, b, fused, team, post=_jit.BiasRelu(bias, relu))
+    _gemm.gather_matmul(src, rowoff, koff, b, fused, team, post=_jit.BiasRelu(bias, relu),
+                        group=group)
     sep = np.full((m, ncols), -1, np.float32)
     _gemm.gather_matmul(src, rowoff, koff, b, sep, team, post=lambda rows: _jit.bias_relu(
-        rows, bias, relu, team=False))
+        rows, bias, relu, team=False), group=group)
     assert np.isnan(fused).any()
     np.testing.assert_array_equal(fused.view(np.int32), sep.view(np.int32))
     a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]

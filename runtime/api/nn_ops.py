@@ -580,6 +580,47 @@ def conv2d(input, filter=None, strides=None, padding=None, use_cudnn_on_gpu=True
                  "dilations": dilations}, name=name)
 
 
+def _conv_backprop(op_type, label, inputs, strides, padding, use_cudnn_on_gpu, data_format,
+                   dilations, name):
+    if strides is None or padding is None:
+        raise ValueError(f"{label}: the `strides` and `padding` arguments are required")
+    padding, explicit = _convert_padding(padding)
+    if data_format is None:
+        data_format = "NHWC"
+    if data_format not in ("NHWC", "NCHW"):
+        raise ValueError(f"{label}: `data_format` must be 'NHWC' or 'NCHW', got "
+                         f"{data_format!r}")
+    ci = 1 if data_format.startswith("NC") else 3
+    strides = _get_sequence(strides, 2, ci, "strides")
+    dilations = _get_sequence(list(dilations) if dilations is not None else None, 2, ci,
+                              "dilations")
+    return _out(op_type, inputs,
+                {"strides": strides, "padding": padding, "use_cudnn_on_gpu": use_cudnn_on_gpu,
+                 "explicit_paddings": explicit, "data_format": data_format,
+                 "dilations": dilations}, name=name)
+
+
+def conv2d_backprop_input(input_sizes, filter=None, out_backprop=None, strides=None,  # noqa: A002
+                          padding=None, use_cudnn_on_gpu=True, data_format="NHWC",
+                          dilations=(1, 1, 1, 1), name=None, filters=None):
+    """``tf.compat.v1.nn.conv2d_backprop_input``: a Conv2DBackpropInput node."""
+    filter = _lookup(filter, filters, "filter", "filters")  # noqa: A001
+    if filter is None or out_backprop is None:
+        raise ValueError("conv2d_backprop_input needs `filter` and `out_backprop`")
+    return _conv_backprop("Conv2DBackpropInput", "conv2d_backprop_input",
+                          [input_sizes, filter, out_backprop], strides, padding,
+                          use_cudnn_on_gpu, data_format, dilations, name)
+
+
+def conv2d_backprop_filter(input, filter_sizes, out_backprop, strides, padding,  # noqa: A002
+                           use_cudnn_on_gpu=True, data_format="NHWC", dilations=(1, 1, 1, 1),
+                           name=None):
+    """``tf.compat.v1.nn.conv2d_backprop_filter``: a Conv2DBackpropFilter node."""
+    return _conv_backprop("Conv2DBackpropFilter", "conv2d_backprop_filter",
+                          [input, filter_sizes, out_backprop], strides, padding,
+                          use_cudnn_on_gpu, data_format, dilations, name)
+
+
 def depthwise_conv2d_native(input, filter, strides, padding, data_format="NHWC",  # noqa: A002
                             dilations=(1, 1, 1, 1), name=None):
     padding, explicit = _convert_padding(padding)
