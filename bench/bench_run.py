@@ -402,8 +402,9 @@ def mgrt_plan_types(runner):
     try:
         plan, _ = mgrt_step_plan(runner)
         types = {}
-        for st in plan.steps:
-            types[st.op.type] = types.get(st.op.type, 0) + 1
+        for st in plan.steps:  # a _Concurrent pair counts as its two members
+            for op in (st.op.members if st.op.type == "_Concurrent" else [st.op]):
+                types[op.type] = types.get(op.type, 0) + 1
         return dict(sorted(types.items(), key=lambda kv: (-kv[1], kv[0])))
     except Exception:
         return None
