@@ -564,26 +564,13 @@ def conv2d(input, filter=None, strides=None, padding=None, use_cudnn_on_gpu=True
     if padding is None:
         raise ValueError("conv2d: the `padding` argument is required ('SAME', 'VALID' or a "
                          "list of explicit paddings)")
-    padding, explicit = _convert_padding(padding)
-    if data_format is None:
-        data_format = "NHWC"
-    if data_format not in ("NHWC", "NCHW"):
-        raise ValueError(f"conv2d: `data_format` must be 'NHWC' or 'NCHW', got "
-                         f"{data_format!r}")
-    ci = 1 if data_format.startswith("NC") else 3
-    strides = _get_sequence(strides, 2, ci, "strides")
-    dilations = _get_sequence(list(dilations) if dilations is not None else None, 2, ci,
-                              "dilations")
-    return _out("Conv2D", [input, filter],
-                {"strides": strides, "padding": padding, "use_cudnn_on_gpu": use_cudnn_on_gpu,
-                 "explicit_paddings": explicit, "data_format": data_format,
-                 "dilations": dilations}, name=name)
+    return _conv_node("Conv2D", "conv2d", [input, filter], strides, padding, use_cudnn_on_gpu,
+                      data_format, dilations, name)
 
 
-def _conv_backprop(op_type, label, inputs, strides, padding, use_cudnn_on_gpu, data_format,
-                   dilations, name):
-    if strides is None or padding is None:
-        raise ValueError(f"{label}: the `strides` and `padding` arguments are required")
+def _conv_node(op_type, label, inputs, strides, padding, use_cudnn_on_gpu, data_format,
+               dilations, name):
+    """A Conv2D, Conv2DBackpropInput or Conv2DBackpropFilter node with TF's attrs."""
     padding, explicit = _convert_padding(padding)
     if data_format is None:
         data_format = "NHWC"
@@ -607,7 +594,10 @@ def conv2d_backprop_input(input_sizes, filter=None, out_backprop=None, strides=N
     filter = _lookup(filter, filters, "filter", "filters")  # noqa: A001
     if filter is None or out_backprop is None:
         raise ValueError("conv2d_backprop_input needs `filter` and `out_backprop`")
-    return _conv_backprop("Conv2DBackpropInput", "conv2d_backprop_input",
+    if strides is None or padding is None:
+        raise ValueError("conv2d_backprop_input: the `strides` and `padding` arguments are "
+                         "required")
+    return _conv_node("Conv2DBackpropInput", "conv2d_backprop_input",
                           [input_sizes, filter, out_backprop], strides, padding,
                           use_cudnn_on_gpu, data_format, dilations, name)
 
@@ -616,7 +606,7 @@ def conv2d_backprop_filter(input, filter_sizes, out_backprop, strides, padding, 
                            use_cudnn_on_gpu=True, data_format="NHWC", dilations=(1, 1, 1, 1),
                            name=None):
     """``tf.compat.v1.nn.conv2d_backprop_filter``: a Conv2DBackpropFilter node."""
-    return _conv_backprop("Conv2DBackpropFilter", "conv2d_backprop_filter",
+    return _conv_node("Conv2DBackpropFilter", "conv2d_backprop_filter",
                           [input, filter_sizes, out_backprop], strides, padding,
                           use_cudnn_on_gpu, data_format, dilations, name)
 
