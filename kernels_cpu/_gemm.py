@@ -89,6 +89,9 @@ def _loop(nb, mb, group=None):
     def line(indent, parts):
         return " " * indent + "; ".join(parts)
     rows, cols = range(mb), range(nb)
+
+    def per_row(indent, fmt):  # one line per row r of the block, its statements per column j
+        return [line(indent, [fmt.format(r=r, j=j) for j in cols]) for r in rows]
     name = f"gather_{nb}" if group is None else f"gatherg_{nb}"
     text = [f"def {name}(src, rowoff, koff, b, out, m0, m1, acc, z, kb, bias, post, relu):",
             "    nk = koff.shape[0]" if group is None else f"    nk = koff.shape[0] * {group}",
@@ -104,36 +107,30 @@ def _loop(nb, mb, group=None):
             f"            rv = rowoff[m:m + {mb}]",
             f"            ov = out[m:m + {mb}]",
             line(12, [f"r{r} = rv[{r}]" for r in rows]),
-            "            if load:"]
-    for r in rows:
-        text.append(line(16, [f"c{r}_{j} = ov[{r}, {j}]" for j in cols]))
-    text.append("            else:")
-    for r in rows:
-        text.append(line(16, [f"c{r}_{j} = z" for j in cols]))
+            "            if load:",
+            *per_row(16, "c{r}_{j} = ov[{r}, {j}]"),
+            "            else:",
+            *per_row(16, "c{r}_{j} = z")]
+    fma = per_row(16, "c{r}_{j} += a{r} * b{j}")
     if group is None:
         text += ["            for k in range(kv.shape[0]):",
                  "                o = kv[k]",
                  line(16, [f"a{r} = src[r{r} + o]" for r in rows]),
-                 line(16, [f"b{j} = bv[k, {j}]" for j in cols])]
-        for r in rows:
-            text.append(line(16, [f"c{r}_{j} += a{r} * b{j}" for j in cols]))
+                 line(16, [f"b{j} = bv[k, {j}]" for j in cols]),
+                 *fma]
     else:
         text += ["            for g in range(kv.shape[0]):",
                  "                o = kv[g]",
                  line(16, [f"p{r} = at(src, r{r} + o)" for r in rows])]
         for u in range(group):
-            text.append(line(16, [f"a{r} = p{r}[{u}]" for r in rows]))
-            text.append(line(16, [f"b{j} = bv[g * {group} + {u}, {j}]" for j in cols]))
-            for r in rows:
-                text.append(line(16, [f"c{r}_{j} += a{r} * b{j}" for j in cols]))
-    text.append("            if last:")
-    for r in rows:
-        text.append(line(16, [f"c{r}_{j} += q{j}" for j in cols]))
-    text.append("                if relu:")
-    for r in rows:
-        text.append(line(20, [f"c{r}_{j} = z if c{r}_{j} < z else c{r}_{j}" for j in cols]))
-    for r in rows:
-        text.append(line(12, [f"ov[{r}, {j}] = c{r}_{j}" for j in cols]))
+            text += [line(16, [f"a{r} = p{r}[{u}]" for r in rows]),
+                     line(16, [f"b{j} = bv[g * {group} + {u}, {j}]" for j in cols]),
+                     *fma]
+    text += ["            if last:",
+             *per_row(16, "c{r}_{j} += q{j}"),
+             "                if relu:",
+             *per_row(20, "c{r}_{j} = z if c{r}_{j} < z else c{r}_{j}"),
+             *per_row(12, "ov[{r}, {j}] = c{r}_{j}")]
     return "\n".join(text)
 
 

@@ -557,10 +557,12 @@ def _pair(steps):
         for m in _members(st.op):
             step_of[id(m)] = i
 
+    def controls_before(st, i):
+        return all(step_of.get(id(c), -1) < i for m in _members(st.op)
+                   for c in m._control_inputs)
+
     def ready_before(st, i):
-        return (all(producer.get(s, -1) < i for s in st.in_slots)
-                and all(step_of.get(id(c), -1) < i for m in _members(st.op)
-                        for c in m._control_inputs))
+        return all(producer.get(s, -1) < i for s in st.in_slots) and controls_before(st, i)
 
     taken = set()
     partner, hoist = {}, {}
@@ -573,8 +575,7 @@ def _pair(steps):
                 break  # nothing moves across a state change
             if j in taken or not _pair_candidate(other):
                 continue
-            if any(step_of.get(id(c), -1) >= i for m in _members(other.op)
-                   for c in m._control_inputs):
+            if not controls_before(other, i):
                 continue
             early = sorted({producer[s] for s in other.in_slots if producer.get(s, -1) >= i})
             if any(k == i or k in taken or not ready_before(steps[k], i) for k in early):
