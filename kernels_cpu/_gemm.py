@@ -33,12 +33,12 @@ registers before they are stored, instead of a second pass over the output (the 
 layer writes 1.6 MB: 0.14 ms for that pass). Where the offsets run on by one in groups of GROUP
 = 4 (a convolution's channels; the pixels along a row of a one-channel input, for its filter
 gradient: the caller says so, ``group=True``, having checked it with ``grouped``), the grouped
-loops (``gatherg_{nb}``) read each row through an opaque pointer (``_ptr.at``) at constant
-displacements: an FMA with a base + index memory operand is two micro-ops on Intel cores, with
-a base + displacement one (the 16-column loop: 10% faster on one thread). b's rows are copied
-to cache-line-aligned memory when they are not aligned and the copy is small; big b's (a filter
-gradient's out_backprop) are read where they are, and the kernels that make them allocate them
-aligned.
+loops (``gatherg_{nb}``, for 16 and 8 columns) read each row through an opaque pointer
+(``_ptr.at``) at constant displacements: an FMA with a base + index memory operand is two
+micro-ops on Intel cores, with a base + displacement one (the 16-column loop: 10% faster on one
+thread). b's rows are copied to cache-line-aligned memory when they are not aligned and the
+copy is small; big b's (a filter gradient's out_backprop) are read where they are, and the
+kernels that make them allocate them aligned.
 
 On the benchmark machine (one Cascade Lake core) the CNN's second layer (a 400-deep
 reduction, 32 columns) runs at about 120 GFLOP/s, against 110 for OpenBLAS's square sgemm and
@@ -56,6 +56,9 @@ from mgrt.kernels_cpu import _jit, _team
 NBS = (32, 16, 8)  # column blocks: out channels are tiled into these
 MB = 8             # rows per block: MB x NB sums (16 AVX-512 registers at NB = 32)
 GROUP = 4          # k steps per pointer in the grouped loops (8 and 16 measured slower)
+GROUPED_NBS = (16, 8)  # column blocks with a grouped loop: at 32 columns it measured no faster
+                       # (each broadcast feeds two FMAs there), and it would add 90 s to the
+                       # first compile on a fresh machine (gather_32 takes 55 s)
 _DTYPES = (np.dtype(np.float32),)
 _ITEMS = 2         # team items per thread: each is one numba call over a run of rows (items
                    # of 256 rows cost the CNN's first layer 4x: per-call overhead under the GIL)
@@ -76,7 +79,9 @@ def source():
            'file equal to it). The loops are compiled by ``_gemm._kernel``."""', "",
            "from mgrt.kernels_cpu._ptr import at", ""]
     for nb in NBS:
-        out += ["", _loop(nb, MB), "", "", _loop(nb, MB, GROUP), ""]
+        out += ["", _loop(nb, MB), ""]
+        if nb in GROUPED_NBS:
+            out += ["", _loop(nb, MB, GROUP), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -239,7 +244,7 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows", post=None, gr
     """``out`` (M, O), C-contiguous, gets sum_k src[rowoff[m] + koff[k]] * b[k, :] (``b``
     (K, O)); every offset must lie inside ``src`` (not checked: the callers build them).
     ``group``: ``koff`` is grouped (``grouped(koff)``, which the caller has checked): the
-    grouped loops run.
+    column blocks of GROUPED_NBS run the grouped loops.
     On a team of threads the rows are split (``split="rows"``) or, for few rows and a long
     reduction, the k range is (``split="k"``: per-thread partial sums, added in thread order).
     ``post(rows)``, when given, is applied in place to finished rows (2-D views of ``out``): a
@@ -263,27 +268,29 @@ def gather_matmul(src, rowoff, koff, b, out, team=1, split="rows", post=None, gr
     for j0, nb in blocks:
         bt = _aligned(b[:, j0:j0 + nb])
         ot = out if whole else np.empty((m, nb), dt)
-        fn = _kernel(nb, dt, group)  # compiled here, not on a team thread
+        grp = group and nb in GROUPED_NBS
+        kk = kg if grp else koff
+        fn = _kernel(nb, dt, grp)  # compiled here, not on a team thread
         bias = post.bias[j0:j0 + nb] if fused else np.zeros(nb, dt)
         epi = (z, _K_BLOCK, _writable(bias), fused, fused and post.relu)
         if team <= 1 or m == 0 or nk == 0:
-            _rows(fn, src, rowoff, kg, bt, ot, 0, m, False, epi)
+            _rows(fn, src, rowoff, kk, bt, ot, 0, m, False, epi)
             if rows_post is not None:
                 rows_post(ot)
         elif split == "rows":
             step = -(-m // (team * _ITEMS * MB)) * MB
 
             def item(it, tid):
-                _rows(fn, src, rowoff, kg, bt, ot, it[0], it[1], False, epi)
+                _rows(fn, src, rowoff, kk, bt, ot, it[0], it[1], False, epi)
                 if rows_post is not None:
                     rows_post(ot[it[0]:it[1]])
             _team.run(item, [(a, min(m, a + step)) for a in range(0, m, step)], team)
         else:
-            unit = GROUP if group else 1  # items of whole groups
+            unit = GROUP if grp else 1  # items of whole groups
             step = -(-nk // (team * _ITEMS * unit)) * unit
             items = [(a, min(nk, a + step)) for a in range(0, nk, step)]
             parts = _team.Scratch((m, nb), dt, zeros=True)
-            _team.run(lambda it, tid: _rows(fn, src, rowoff, kg[it[0] // unit:it[1] // unit],
+            _team.run(lambda it, tid: _rows(fn, src, rowoff, kk[it[0] // unit:it[1] // unit],
                                             bt[it[0]:it[1]], parts.get(tid), 0, m, True, epi),
                       items, team)
             ot[...] = parts.total()
