@@ -57,3 +57,16 @@ def gpus(request, monkeypatch):
     if not found:
         pytest.fail(f"pytest -m gpu needs a real GPU: {gpu_status()}")
     return found
+
+
+@pytest.fixture(params=["one thread", "team"])
+def conv_threads(request, monkeypatch):
+    """The convolution kernels on one thread, or on a team of three at any size."""
+    import mgrt.kernels_cpu.conv_ops as conv_ops
+    from mgrt.kernels_cpu import _team
+    if request.param == "team":  # three threads (more than this machine's cores), any size
+        monkeypatch.setattr(conv_ops, "_TEAM_MIN_FLOPS", 0)
+        monkeypatch.setattr(_team, "_FIXED", 3)
+    else:
+        monkeypatch.setattr(_team, "_FIXED", 1)
+    return request.param

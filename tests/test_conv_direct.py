@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mgrt.kernels_cpu.conv_ops as conv_ops
-from mgrt.kernels_cpu import _gemm, _jit, _team
+from mgrt.kernels_cpu import _gemm, _jit, _slide
 from kernel_util import conv_node_def, run_kernel
 from mgrt.runtime.errors import InvalidArgumentError
 
@@ -173,32 +173,29 @@ def _attrs(padding, st, dil, fmt, ep):
     return a
 
 
-@pytest.fixture(params=["one thread", "team"])
-def threads(request, monkeypatch):
-    if request.param == "team":  # three threads (more than this machine's cores), any size
-        monkeypatch.setattr(conv_ops, "_TEAM_MIN_FLOPS", 0)
-        monkeypatch.setattr(_team, "_FIXED", 3)
-    else:
-        monkeypatch.setattr(_team, "_FIXED", 1)
-    return request.param
-
-
 @pytest.fixture
 def direct_calls(monkeypatch):
-    """Counts the direct path's products (so a test knows which path ran)."""
+    """Counts the direct paths' products, _gemm's gathered rows and _slide's sliding windows
+    (so a test knows which path ran): ("gather" or "slide", output shape)."""
     calls = []
-    real = _gemm.gather_matmul
+    gather, slide = _gemm.gather_matmul, _slide.conv
 
-    def counting(*a, **kw):
-        calls.append(a[4].shape)
-        return real(*a, **kw)
-    monkeypatch.setattr(_gemm, "gather_matmul", counting)
+    def counting_gather(*a, **kw):
+        calls.append(("gather", a[4].shape))
+        return gather(*a, **kw)
+
+    def counting_slide(*a, **kw):
+        calls.append(("slide", a[6].shape))
+        return slide(*a, **kw)
+    monkeypatch.setattr(_gemm, "gather_matmul", counting_gather)
+    monkeypatch.setattr(_slide, "conv", counting_slide)
     return calls
 
 
 @pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_direct_conv_and_filter_grad_against_reference(case, fmt, threads, direct_calls):
+def test_direct_conv_and_filter_grad_against_reference(case, fmt, conv_threads,
+                                                        direct_calls):
     xs, fs, st, dil, padding, ep = CASES[case]
     rs = np.random.RandomState(case)
     x = rs.randn(*xs).astype(np.float32)
@@ -243,12 +240,12 @@ INPUT_GRAD_CASES = [  # out_backprop channels (the filter's O) <= 32, C a multip
 ]
 
 
-@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("case", range(len(INPUT_GRAD_CASES)))
-def test_direct_input_grad_against_reference(case, fmt, threads, direct_calls):
-    xs, fs, st, dil, padding, ep = INPUT_GRAD_CASES[case]
+def input_grad_case(spec, seed, fmt):
+    """Runs Conv2DBackpropInput for a case (x shape, filter shape, strides, dilations,
+    padding, explicit pads) on random filter and out_backprop: (got, want), NHWC."""
+    xs, fs, st, dil, padding, ep = spec
     ep = ep or (0, 0, 0, 0)
-    rs = np.random.RandomState(10 + case)
+    rs = np.random.RandomState(seed)
     f = rs.randn(*fs).astype(np.float32)
     oh = _dim(xs[1], fs[0], st[0], dil[0], padding, ep[:2])[0]
     ow = _dim(xs[2], fs[1], st[1], dil[1], padding, ep[2:])[0]
@@ -257,10 +254,16 @@ def test_direct_input_grad_against_reference(case, fmt, threads, direct_calls):
     sizes = np.array([xs[0], xs[3], xs[1], xs[2]] if nchw else xs, np.int32)
     (dx,) = run_kernel(_nd("Conv2DBackpropInput", **_attrs(padding, st, dil, fmt, ep)),
                        [sizes, f, dy.transpose(0, 3, 1, 2) if nchw else dy])
-    assert direct_calls  # one product per phase
     got = dx.transpose(0, 2, 3, 1) if nchw else dx
-    np.testing.assert_allclose(got, _ref_input_grad(dy, f, xs, st, dil, padding, ep),
-                               rtol=1e-4, atol=2e-3)
+    return got, _ref_input_grad(dy, f, xs, st, dil, padding, ep)
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(INPUT_GRAD_CASES)))
+def test_direct_input_grad_against_reference(case, fmt, conv_threads, direct_calls):
+    got, want = input_grad_case(INPUT_GRAD_CASES[case], 10 + case, fmt)
+    assert direct_calls  # one product per phase
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-3)
 
 
 def test_direct_path_only_where_it_wins(direct_calls):
@@ -286,7 +289,7 @@ def test_direct_path_off_gives_the_same(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_nan_and_inf_reach_exactly_their_windows(threads):
+def test_nan_and_inf_reach_exactly_their_windows(conv_threads):
     x = np.ones((1, 9, 9, 1), np.float32)
     x[0, 2, 3, 0] = np.nan
     x[0, 7, 7, 0] = np.inf
