@@ -40,7 +40,7 @@ def enabled():
 
 _LOOPS = ("maxpool_nhwc", "maxpool_2x2_nhwc", "maxpool_2x2_argmax", "maxpool_2x2_scatter",
           "maxpool_grad_nhwc", "relu_grad", "relu_grad_inplace", "bias_relu", "sgd",
-          "sgd_inplace", "momentum", "momentum_inplace")
+          "sgd_inplace", "momentum", "momentum_inplace", "sparse_xent")
 
 
 def _compile():
@@ -131,6 +131,9 @@ def _elementwise(name, arrays, scalars, work_bytes):
     """numba loop ``name`` over same-size C-contiguous ``arrays`` (flat views, in blocks on a
     team when ``work_bytes`` is big), then ``scalars``: loop(*array blocks, *scalars)."""
     loop = _state[name]
+    if work_bytes < _team.SPLIT_MIN_BYTES:  # one call on this thread (the common small update)
+        loop(*[x.reshape(-1) for x in arrays], *scalars)
+        return
     flat = [x.reshape(-1) for x in arrays]
     _team.split(lambda a, b: loop(*[x[a:b] for x in flat], *scalars), flat[0].shape[0],
                 work_bytes)
@@ -191,3 +194,13 @@ def momentum(var, acc, g, lr, mom, nesterov, out_var, out_acc):
         _elementwise("momentum_inplace", (var, acc, g), scalars, 5 * var.nbytes)
     else:
         _elementwise("momentum", (var, acc, g, out_var, out_acc), scalars, 5 * var.nbytes)
+
+
+def sparse_xent(x, labels):
+    """SparseSoftmaxCrossEntropyWithLogits of a C-contiguous float32 or float64 (batch,
+    classes) ``x`` (classes >= 1) and in-range int32 or int64 ``labels`` in one pass (nn_ops has
+    checked them): (loss, backprop) of x's dtype."""
+    loss = np.empty(x.shape[0], x.dtype)
+    back = np.empty(x.shape, x.dtype)
+    _state["sparse_xent"](x, labels, loss, back, x.dtype.type(0))
+    return loss, back

@@ -283,3 +283,30 @@ def momentum_inplace(v, acc, g, lr, mom, nesterov):
             v[i] = v[i] - (g[i] * lr + a * mom * lr)
         else:
             v[i] = v[i] - a * lr
+
+
+@_jit
+def sparse_xent(x, labels, loss, back, zero):
+    """SparseSoftmaxCrossEntropyWithLogits of a C-contiguous (batch, classes) ``x`` with
+    in-range ``labels``, as the numpy kernel computes it: per row the maximum (NaN if any
+    element is NaN), e = exp(x - max), loss = log(sum e) - (x[label] - max), backprop = e /
+    sum e, less 1 at the label."""
+    n, k = x.shape
+    for i in range(n):
+        xr = x[i]
+        br = back[i]
+        m = xr[0]
+        for j in range(1, k):
+            v = xr[j]
+            if not v <= m and m == m:  # greater, or the first NaN (which then stays)
+                m = v
+        s = zero
+        for j in range(k):
+            e = np.exp(xr[j] - m)
+            br[j] = e
+            s += e
+        lab = labels[i]
+        loss[i] = np.log(s) - (xr[lab] - m)
+        for j in range(k):
+            br[j] = br[j] / s
+        br[lab] -= 1

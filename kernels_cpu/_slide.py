@@ -18,12 +18,16 @@ one opaque pointer (``_ptr.at``: one micro-op per load; see _gemm for why); the 
 by the loop itself, right before the image's blocks (in cache when they read it). The output
 channels are taken 16 at a time (NB: one AVX-512 vector of float32), P pixels at a time; a
 row whose width is not a multiple of P ends with a block that overlaps the one before it (its
-pixels are computed twice, the same values written twice). A fused bias and ReLU is applied
-to the sums before they are stored, as in _gemm.
+pixels are computed twice, the same values written twice). A fused bias and ReLU
+(_jit.BiasRelu) is applied to a team item's rows right after the loop has stored them, still
+in cache (in the loop itself, on the sums in registers, it measured slower: LLVM vectorizes
+that epilogue only in part, and the loop took 50 s to compile, not 20).
 
 The loops come from ``source()`` (the module ``_slide_loops``, kept equal to it by a test),
 one per kw in KWS, compiled once into numba's disk cache with SLP vectorization as _gemm's.
 """
+
+import threading
 
 import numpy as np
 
@@ -48,7 +52,7 @@ def source():
 
 
 def _loop(kw):
-    """``slide_{kw}``: for images b0:b1 of ``x`` (b, h, w, c; any strides), copy the image
+    """``slide_{kw}``: for images b0:b1 of ``x`` (b, h, w, c; C-contiguous), copy the image
     into the zero-bordered scratch ``s`` (hp, c, wp) at (pt, pl), then per column block jb of
     ``w`` (jb, kh * c, kw * NB) and per block m in m0:m1 (its corner ``rowoff[m]`` in ``s``,
     its first output row ``oidx[m]`` within the image's ``opi`` rows of ``out``) the P
@@ -60,22 +64,23 @@ def _loop(kw):
     def per_pix(indent, fmt):
         return [line(indent, [fmt.format(p=p, l=v) for v in lanes]) for p in pix]
     text = [f"def slide_{kw}(x, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, w, out,",
-            "            z, bias, post, relu):",
+            "            z):",
             "    h = x.shape[1]; wd = x.shape[2]; c = x.shape[3]",
             "    cw = c * wp",
             "    for i in range(s.shape[0]):",
             "        s[i] = z",
             "    for b in range(b0, b1):",
             "        for y in range(h):",
-            "            for u in range(wd):",
-            "                d = (y + pt) * cw + u + pl",
-            "                for ch in range(c):",
-            "                    s[d + ch * wp] = x[b, y, u, ch]",
+            "            xr = x[b, y]",
+            "            d = (y + pt) * cw + pl",
+            "            for ch in range(c):",
+            "                sr = at(s, d + ch * wp)",
+            "                for u in range(wd):",
+            "                    sr[u] = xr[u, ch]",
             "        ob = b * opi",
             "        for jb in range(w.shape[0]):",
             "            wv = w[jb]",
             f"            j0 = jb * {NB}",
-            line(12, [f"q{v} = bias[j0 + {v}] if post else z" for v in lanes]),
             "            for m in range(m0, m1):",
             "                r = rowoff[m]",
             *per_pix(16, "c{p}_{l} = z"),
@@ -90,13 +95,7 @@ def _loop(kw):
             if 0 <= p < P:
                 text.append(line(20, [f"c{p}_{v} += e * w{j}_{v}" for v in lanes]))
     text += ["                o = ob + oidx[m]",
-             *per_pix(16, "out[o + {p}, j0 + {l}] = c{p}_{l}"),
-             "                if post:",  # bias and ReLU: a 16-wide straight line per pixel
-             f"                    for p in range(o, o + {P}):",
-             line(24, [f"v{v} = out[p, j0 + {v}] + q{v}" for v in lanes]),
-             "                        if relu:",
-             line(28, [f"v{v} = z if v{v} < z else v{v}" for v in lanes]),
-             line(24, [f"out[p, j0 + {v}] = v{v}" for v in lanes])]
+             *per_pix(16, "out[o + {p}, j0 + {l}] = c{p}_{l}")]
     return "\n".join(text)
 
 
@@ -130,9 +129,9 @@ def _kernel(kw, dt):
         from mgrt.kernels_cpu import _slide_loops
         ty = numba.from_dtype(dt)
         u = numba.uintp[::1]
-        sig = numba.void(ty[:, :, :, :], numba.intp, numba.intp, numba.intp, numba.intp,
+        sig = numba.void(ty[:, :, :, ::1], numba.intp, numba.intp, numba.intp, numba.intp,
                          ty[::1], numba.intp, u, u, numba.intp, numba.intp, numba.intp, u,
-                         ty[:, :, ::1], ty[:, ::1], ty, ty[::1], numba.boolean, numba.boolean)
+                         ty[:, :, ::1], ty[:, ::1], ty)
         with global_compiler_lock:
             _gemm._wide_slp()
             saved = config.SLP_VECTORIZE, config.LOOP_VECTORIZE
@@ -147,6 +146,16 @@ def _kernel(kw, dt):
 
 
 _tables = {}
+_local = threading.local()  # per thread: the scratch plane, kept (a new one per call page-faults
+                            # in a worker thread's malloc arena: measured 30 faults a call)
+
+
+def _plane(size, dt):
+    """This thread's scratch of ``size`` elements (grown as needed)."""
+    buf = getattr(_local, "plane", None)
+    if buf is None or buf.size < size or buf.dtype != dt:
+        buf = _local.plane = np.empty(size, dt)
+    return buf[:size]
 
 
 def _geometry(hp, wp, c, kh, kw, sh, dh, oh, ow):
@@ -171,12 +180,14 @@ def conv(x, nchw, fm, kh, kw, geo, y2, team, post=None):
     """Convolution of ``x`` (NCHW when ``nchw``, else NHWC; float32) with the filter matrix
     ``fm`` (kh * kw * C, O) into ``y2`` (n * oh * ow, O), C-contiguous, NHWC rows; geo as
     conv_ops (sh, sw, dh, dw, oh, ow, pt, pb, pl, pr); ``usable`` has said yes. ``post``: a
-    _jit.BiasRelu applied to each block's sums as it is stored (any other: to all of ``y2``
-    at the end)."""
+    _jit.BiasRelu applied to each team item's rows once the loop has stored them (any other:
+    to all of ``y2`` at the end)."""
     dt = np.dtype(np.float32)
-    if x.dtype != dt or not x.flags.writeable:  # the loop's signature: float32, writable
-        x = x.astype(dt)
     xv = x.transpose(0, 2, 3, 1) if nchw else x
+    if xv.dtype != dt or not xv.flags.writeable or not xv.flags.c_contiguous:
+        xv = np.ascontiguousarray(xv, dt)  # the loop's signature: NHWC float32, writable
+        if not xv.flags.writeable:
+            xv = xv.copy()
     n, h, w, c = xv.shape
     k, co = fm.shape
     sh, _, dh, _, oh, ow, pt, pb, pl, pr = geo
@@ -187,26 +198,26 @@ def conv(x, nchw, fm, kh, kw, geo, y2, team, post=None):
     wr[...] = fm.reshape(kh, kw, c, co // NB, NB).transpose(3, 0, 2, 1, 4).reshape(wr.shape)
     fused = (isinstance(post, _jit.BiasRelu) and post.bias.dtype == dt
              and post.bias.shape == (co,))
-    bias = _gemm._writable(np.ascontiguousarray(post.bias)) if fused else np.zeros(co, dt)
-    relu = fused and post.relu
     fn = _kernel(kw, dt)
     z = dt.type(0)
-    nblk = rowoff.shape[0]
+    nxb = rowoff.shape[0] // oh  # blocks per output row
     opi = oh * ow
     if team <= 1:
-        items = [(0, n, 0, nblk)]
+        items = [(0, n, 0, oh)]
     elif n >= 2 * team:  # whole images
         step = -(-n // (team * _gemm._ITEMS))
-        items = [(b, min(n, b + step), 0, nblk) for b in range(0, n, step)]
-    else:  # few images: their rows of blocks split
-        per = max(1, -(-nblk * n // (team * _gemm._ITEMS)))
-        items = [(b, b + 1, m, min(nblk, m + per)) for b in range(n) for m in range(0, nblk, per)]
+        items = [(b, min(n, b + step), 0, oh) for b in range(0, n, step)]
+    else:  # few images: their output rows split (whole rows: a row's blocks may overlap)
+        per = max(1, -(-oh * n // (team * _gemm._ITEMS)))
+        items = [(b, b + 1, y, min(oh, y + per)) for b in range(n) for y in range(0, oh, per)]
 
     def item(it, tid):
-        b0, b1, m0, m1 = it
-        s = np.empty(hp * c * wp, dt)
-        fn(xv, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, wr, y2, z, bias, fused,
-           relu)
+        b0, b1, y0, y1 = it
+        s = _plane(hp * c * wp, dt)
+        fn(xv, b0, b1, pt, pl, s, wp, rowoff, oidx, y0 * nxb, y1 * nxb, opi, kofs, wr, y2, z)
+        if fused:  # the bias (and ReLU) over the item's rows, while they are in cache
+            rows = y2[b0 * opi + y0 * ow:(b1 - 1) * opi + y1 * ow]
+            _jit.bias_relu(rows, post.bias, post.relu, team=False)
     if len(items) == 1:
         item(items[0], 0)
     else:

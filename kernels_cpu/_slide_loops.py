@@ -5,22 +5,23 @@ from mgrt.kernels_cpu._ptr import at
 
 
 def slide_3(x, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, w, out,
-            z, bias, post, relu):
+            z):
     h = x.shape[1]; wd = x.shape[2]; c = x.shape[3]
     cw = c * wp
     for i in range(s.shape[0]):
         s[i] = z
     for b in range(b0, b1):
         for y in range(h):
-            for u in range(wd):
-                d = (y + pt) * cw + u + pl
-                for ch in range(c):
-                    s[d + ch * wp] = x[b, y, u, ch]
+            xr = x[b, y]
+            d = (y + pt) * cw + pl
+            for ch in range(c):
+                sr = at(s, d + ch * wp)
+                for u in range(wd):
+                    sr[u] = xr[u, ch]
         ob = b * opi
         for jb in range(w.shape[0]):
             wv = w[jb]
             j0 = jb * 16
-            q0 = bias[j0 + 0] if post else z; q1 = bias[j0 + 1] if post else z; q2 = bias[j0 + 2] if post else z; q3 = bias[j0 + 3] if post else z; q4 = bias[j0 + 4] if post else z; q5 = bias[j0 + 5] if post else z; q6 = bias[j0 + 6] if post else z; q7 = bias[j0 + 7] if post else z; q8 = bias[j0 + 8] if post else z; q9 = bias[j0 + 9] if post else z; q10 = bias[j0 + 10] if post else z; q11 = bias[j0 + 11] if post else z; q12 = bias[j0 + 12] if post else z; q13 = bias[j0 + 13] if post else z; q14 = bias[j0 + 14] if post else z; q15 = bias[j0 + 15] if post else z
             for m in range(m0, m1):
                 r = rowoff[m]
                 c0_0 = z; c0_1 = z; c0_2 = z; c0_3 = z; c0_4 = z; c0_5 = z; c0_6 = z; c0_7 = z; c0_8 = z; c0_9 = z; c0_10 = z; c0_11 = z; c0_12 = z; c0_13 = z; c0_14 = z; c0_15 = z
@@ -115,31 +116,26 @@ def slide_3(x, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, w, out,
                 out[o + 11, j0 + 0] = c11_0; out[o + 11, j0 + 1] = c11_1; out[o + 11, j0 + 2] = c11_2; out[o + 11, j0 + 3] = c11_3; out[o + 11, j0 + 4] = c11_4; out[o + 11, j0 + 5] = c11_5; out[o + 11, j0 + 6] = c11_6; out[o + 11, j0 + 7] = c11_7; out[o + 11, j0 + 8] = c11_8; out[o + 11, j0 + 9] = c11_9; out[o + 11, j0 + 10] = c11_10; out[o + 11, j0 + 11] = c11_11; out[o + 11, j0 + 12] = c11_12; out[o + 11, j0 + 13] = c11_13; out[o + 11, j0 + 14] = c11_14; out[o + 11, j0 + 15] = c11_15
                 out[o + 12, j0 + 0] = c12_0; out[o + 12, j0 + 1] = c12_1; out[o + 12, j0 + 2] = c12_2; out[o + 12, j0 + 3] = c12_3; out[o + 12, j0 + 4] = c12_4; out[o + 12, j0 + 5] = c12_5; out[o + 12, j0 + 6] = c12_6; out[o + 12, j0 + 7] = c12_7; out[o + 12, j0 + 8] = c12_8; out[o + 12, j0 + 9] = c12_9; out[o + 12, j0 + 10] = c12_10; out[o + 12, j0 + 11] = c12_11; out[o + 12, j0 + 12] = c12_12; out[o + 12, j0 + 13] = c12_13; out[o + 12, j0 + 14] = c12_14; out[o + 12, j0 + 15] = c12_15
                 out[o + 13, j0 + 0] = c13_0; out[o + 13, j0 + 1] = c13_1; out[o + 13, j0 + 2] = c13_2; out[o + 13, j0 + 3] = c13_3; out[o + 13, j0 + 4] = c13_4; out[o + 13, j0 + 5] = c13_5; out[o + 13, j0 + 6] = c13_6; out[o + 13, j0 + 7] = c13_7; out[o + 13, j0 + 8] = c13_8; out[o + 13, j0 + 9] = c13_9; out[o + 13, j0 + 10] = c13_10; out[o + 13, j0 + 11] = c13_11; out[o + 13, j0 + 12] = c13_12; out[o + 13, j0 + 13] = c13_13; out[o + 13, j0 + 14] = c13_14; out[o + 13, j0 + 15] = c13_15
-                if post:
-                    for p in range(o, o + 14):
-                        v0 = out[p, j0 + 0] + q0; v1 = out[p, j0 + 1] + q1; v2 = out[p, j0 + 2] + q2; v3 = out[p, j0 + 3] + q3; v4 = out[p, j0 + 4] + q4; v5 = out[p, j0 + 5] + q5; v6 = out[p, j0 + 6] + q6; v7 = out[p, j0 + 7] + q7; v8 = out[p, j0 + 8] + q8; v9 = out[p, j0 + 9] + q9; v10 = out[p, j0 + 10] + q10; v11 = out[p, j0 + 11] + q11; v12 = out[p, j0 + 12] + q12; v13 = out[p, j0 + 13] + q13; v14 = out[p, j0 + 14] + q14; v15 = out[p, j0 + 15] + q15
-                        if relu:
-                            v0 = z if v0 < z else v0; v1 = z if v1 < z else v1; v2 = z if v2 < z else v2; v3 = z if v3 < z else v3; v4 = z if v4 < z else v4; v5 = z if v5 < z else v5; v6 = z if v6 < z else v6; v7 = z if v7 < z else v7; v8 = z if v8 < z else v8; v9 = z if v9 < z else v9; v10 = z if v10 < z else v10; v11 = z if v11 < z else v11; v12 = z if v12 < z else v12; v13 = z if v13 < z else v13; v14 = z if v14 < z else v14; v15 = z if v15 < z else v15
-                        out[p, j0 + 0] = v0; out[p, j0 + 1] = v1; out[p, j0 + 2] = v2; out[p, j0 + 3] = v3; out[p, j0 + 4] = v4; out[p, j0 + 5] = v5; out[p, j0 + 6] = v6; out[p, j0 + 7] = v7; out[p, j0 + 8] = v8; out[p, j0 + 9] = v9; out[p, j0 + 10] = v10; out[p, j0 + 11] = v11; out[p, j0 + 12] = v12; out[p, j0 + 13] = v13; out[p, j0 + 14] = v14; out[p, j0 + 15] = v15
 
 
 def slide_5(x, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, w, out,
-            z, bias, post, relu):
+            z):
     h = x.shape[1]; wd = x.shape[2]; c = x.shape[3]
     cw = c * wp
     for i in range(s.shape[0]):
         s[i] = z
     for b in range(b0, b1):
         for y in range(h):
-            for u in range(wd):
-                d = (y + pt) * cw + u + pl
-                for ch in range(c):
-                    s[d + ch * wp] = x[b, y, u, ch]
+            xr = x[b, y]
+            d = (y + pt) * cw + pl
+            for ch in range(c):
+                sr = at(s, d + ch * wp)
+                for u in range(wd):
+                    sr[u] = xr[u, ch]
         ob = b * opi
         for jb in range(w.shape[0]):
             wv = w[jb]
             j0 = jb * 16
-            q0 = bias[j0 + 0] if post else z; q1 = bias[j0 + 1] if post else z; q2 = bias[j0 + 2] if post else z; q3 = bias[j0 + 3] if post else z; q4 = bias[j0 + 4] if post else z; q5 = bias[j0 + 5] if post else z; q6 = bias[j0 + 6] if post else z; q7 = bias[j0 + 7] if post else z; q8 = bias[j0 + 8] if post else z; q9 = bias[j0 + 9] if post else z; q10 = bias[j0 + 10] if post else z; q11 = bias[j0 + 11] if post else z; q12 = bias[j0 + 12] if post else z; q13 = bias[j0 + 13] if post else z; q14 = bias[j0 + 14] if post else z; q15 = bias[j0 + 15] if post else z
             for m in range(m0, m1):
                 r = rowoff[m]
                 c0_0 = z; c0_1 = z; c0_2 = z; c0_3 = z; c0_4 = z; c0_5 = z; c0_6 = z; c0_7 = z; c0_8 = z; c0_9 = z; c0_10 = z; c0_11 = z; c0_12 = z; c0_13 = z; c0_14 = z; c0_15 = z
@@ -266,9 +262,3 @@ def slide_5(x, b0, b1, pt, pl, s, wp, rowoff, oidx, m0, m1, opi, kofs, w, out,
                 out[o + 11, j0 + 0] = c11_0; out[o + 11, j0 + 1] = c11_1; out[o + 11, j0 + 2] = c11_2; out[o + 11, j0 + 3] = c11_3; out[o + 11, j0 + 4] = c11_4; out[o + 11, j0 + 5] = c11_5; out[o + 11, j0 + 6] = c11_6; out[o + 11, j0 + 7] = c11_7; out[o + 11, j0 + 8] = c11_8; out[o + 11, j0 + 9] = c11_9; out[o + 11, j0 + 10] = c11_10; out[o + 11, j0 + 11] = c11_11; out[o + 11, j0 + 12] = c11_12; out[o + 11, j0 + 13] = c11_13; out[o + 11, j0 + 14] = c11_14; out[o + 11, j0 + 15] = c11_15
                 out[o + 12, j0 + 0] = c12_0; out[o + 12, j0 + 1] = c12_1; out[o + 12, j0 + 2] = c12_2; out[o + 12, j0 + 3] = c12_3; out[o + 12, j0 + 4] = c12_4; out[o + 12, j0 + 5] = c12_5; out[o + 12, j0 + 6] = c12_6; out[o + 12, j0 + 7] = c12_7; out[o + 12, j0 + 8] = c12_8; out[o + 12, j0 + 9] = c12_9; out[o + 12, j0 + 10] = c12_10; out[o + 12, j0 + 11] = c12_11; out[o + 12, j0 + 12] = c12_12; out[o + 12, j0 + 13] = c12_13; out[o + 12, j0 + 14] = c12_14; out[o + 12, j0 + 15] = c12_15
                 out[o + 13, j0 + 0] = c13_0; out[o + 13, j0 + 1] = c13_1; out[o + 13, j0 + 2] = c13_2; out[o + 13, j0 + 3] = c13_3; out[o + 13, j0 + 4] = c13_4; out[o + 13, j0 + 5] = c13_5; out[o + 13, j0 + 6] = c13_6; out[o + 13, j0 + 7] = c13_7; out[o + 13, j0 + 8] = c13_8; out[o + 13, j0 + 9] = c13_9; out[o + 13, j0 + 10] = c13_10; out[o + 13, j0 + 11] = c13_11; out[o + 13, j0 + 12] = c13_12; out[o + 13, j0 + 13] = c13_13; out[o + 13, j0 + 14] = c13_14; out[o + 13, j0 + 15] = c13_15
-                if post:
-                    for p in range(o, o + 14):
-                        v0 = out[p, j0 + 0] + q0; v1 = out[p, j0 + 1] + q1; v2 = out[p, j0 + 2] + q2; v3 = out[p, j0 + 3] + q3; v4 = out[p, j0 + 4] + q4; v5 = out[p, j0 + 5] + q5; v6 = out[p, j0 + 6] + q6; v7 = out[p, j0 + 7] + q7; v8 = out[p, j0 + 8] + q8; v9 = out[p, j0 + 9] + q9; v10 = out[p, j0 + 10] + q10; v11 = out[p, j0 + 11] + q11; v12 = out[p, j0 + 12] + q12; v13 = out[p, j0 + 13] + q13; v14 = out[p, j0 + 14] + q14; v15 = out[p, j0 + 15] + q15
-                        if relu:
-                            v0 = z if v0 < z else v0; v1 = z if v1 < z else v1; v2 = z if v2 < z else v2; v3 = z if v3 < z else v3; v4 = z if v4 < z else v4; v5 = z if v5 < z else v5; v6 = z if v6 < z else v6; v7 = z if v7 < z else v7; v8 = z if v8 < z else v8; v9 = z if v9 < z else v9; v10 = z if v10 < z else v10; v11 = z if v11 < z else v11; v12 = z if v12 < z else v12; v13 = z if v13 < z else v13; v14 = z if v14 < z else v14; v15 = z if v15 < z else v15
-                        out[p, j0 + 0] = v0; out[p, j0 + 1] = v1; out[p, j0 + 2] = v2; out[p, j0 + 3] = v3; out[p, j0 + 4] = v4; out[p, j0 + 5] = v5; out[p, j0 + 6] = v6; out[p, j0 + 7] = v7; out[p, j0 + 8] = v8; out[p, j0 + 9] = v9; out[p, j0 + 10] = v10; out[p, j0 + 11] = v11; out[p, j0 + 12] = v12; out[p, j0 + 13] = v13; out[p, j0 + 14] = v14; out[p, j0 + 15] = v15

@@ -897,17 +897,35 @@ def _make_apply(family, resource):
         fast = _JIT_TO.get(family) if _jit.enabled() else None
         guard = _guard_of(ctx) if to is not None else None
         small = [to is None]  # whether the last update was of a small variable (or no _TO)
+        last = [None]  # (hyperparameter inputs, dtype, their _hyper) when those are constants
+
+        def hyper(rest, dtype):
+            """_hyper, reused while the inputs are the same constant arrays (a Const's
+            output: read-only, owning its data), as an optimizer's learning rate usually is."""
+            got = last[0]
+            if (got is not None and got[1] == dtype
+                    and all(a is b for a, b in zip(got[0], rest))):
+                return got[2]
+            with np.errstate(all="ignore"):  # (casts)
+                h = _hyper(spec.checks, hp_names, rest, dtype, attrs)
+            if all(type(x) is np.ndarray and not x.flags.writeable and x.base is None
+                   for x in rest):
+                last[0] = (tuple(rest), dtype, h)
+            return h
 
         def update(holders, rest, grad, sole):
             cur = _read_apply(holders, resource)
             var = cur[0]
             dtype = var.dtype
-            h = _hyper(spec.checks, hp_names, rest, dtype, attrs)
+            h = hyper(rest, dtype)
             _check_slot_shapes(spec, spec.slots, cur)
             if grad.shape != var.shape:
                 raise _err(f"var and {grad_name} do not have the same shape"
                            f"{_shp(var.shape)} {_shp(grad.shape)}")
-            g = grad.astype(dtype, copy=False)
+            if grad.dtype != dtype:
+                with np.errstate(all="ignore"):
+                    grad = grad.astype(dtype)
+            g = grad
             if to is not None:
                 small[0] = var.size < _MIN_IN_PLACE
             jit = (fast is not None and dtype in _JIT_DT and g.flags.c_contiguous
@@ -917,15 +935,17 @@ def _make_apply(family, resource):
             if sole is not None and all(c.shape == var.shape and c.dtype == dtype for c in cur):
                 # the sole buffers in place, the others into new ones
                 dst = [c if ok else np.empty(c.shape, dtype) for c, ok in zip(cur, sole)]
-                if jit:
+                if jit:  # (numba raises no floating-point warnings)
                     fast(attrs, cur, dst, h, g)
                 else:
-                    _update_to(to, n_tmp, attrs, cur, dst, h, g)
+                    with np.errstate(all="ignore"):
+                        _update_to(to, n_tmp, attrs, cur, dst, h, g)
                 if not all(sole):
                     _write(holders, resource, dst)
                 return
             state = [c if c.shape == var.shape else c.reshape(var.shape) for c in cur]
-            new = spec.update(attrs, state, h, g)
+            with np.errstate(all="ignore"):
+                new = spec.update(attrs, state, h, g)
             new = [np.asarray(v, dtype=dtype) for v in new]
             # (a reshape to the same shape would store a view: not writable in place later)
             new = [v if v.shape == c.shape else v.reshape(c.shape) for v, c in zip(new, cur)]
@@ -935,7 +955,7 @@ def _make_apply(family, resource):
             holders = inputs[:n_state]
             rest = list(inputs[n_state:])
             grad = np.asarray(rest.pop(grad_pos))
-            with _locked(holders[0], use_locking), np.errstate(all="ignore"):
+            with _locked(holders[0], use_locking):
                 if small[0]:
                     update(holders, rest, grad, None)
                 elif _enter_in_place(guard):

@@ -111,8 +111,10 @@ def test_input_grad_against_reference(case, fmt, conv_threads, slide_calls):
 @pytest.mark.parametrize("team", [1, 3])
 @pytest.mark.parametrize("n", [1, 5])
 def test_bias_relu_in_the_loop_is_the_separate_pass_bit_for_bit(relu, team, n):
-    """A _jit.BiasRelu is applied by the loop to each block as it is stored: the same float32
-    additions and comparisons as the bias_relu pass after it (NaN stays, -0.0 stays)."""
+    """A _jit.BiasRelu is applied to each team item's rows once the loop has stored them:
+    the same float32 additions and comparisons as one bias_relu pass after the whole
+    convolution (NaN stays, -0.0 stays), every row once (few images: rows split)."""
+    assert _jit.enabled()  # the numba loops load
     rs = np.random.RandomState(n * 10 + team)
     x = rs.randn(n, 6, 17, 3).astype(np.float32)
     x[0, 2, 5, 1] = np.nan

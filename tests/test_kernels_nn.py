@@ -131,6 +131,21 @@ def test_recorded_relu_grad_every_path(case, path, monkeypatch):
     test_recorded(case)
 
 
+_SPARSE_XENT_CASES = [c for c in CASES if c["op"] == "SparseSoftmaxCrossEntropyWithLogits"]
+
+
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+@pytest.mark.parametrize("case", _SPARSE_XENT_CASES, ids=[c["name"] for c in _SPARSE_XENT_CASES])
+def test_recorded_sparse_xent_every_path(case, path, monkeypatch):
+    """float32/float64 SparseSoftmaxCrossEntropyWithLogits is one numba pass
+    (kernels_cpu/_jit.py); MGRT_CPU_JIT=0 gives numpy's; both against TensorFlow's outputs
+    (-inf, inf, NaN and huge logits; one class; errors)."""
+    from mgrt.kernels_cpu import _jit
+    assert _jit.enabled()  # the loops load
+    monkeypatch.setitem(_jit._state, "on", path != "numpy")
+    test_recorded(case)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_relu_grad_big_on_a_team_against_numpy(dtype):
     """Over SPLIT_MIN_BYTES the one-pass loop runs in blocks on the team: NaN and inf gradients
