@@ -696,6 +696,9 @@ def _conv_filter_grad_core(x, nchw, dy, kh, kw, geo, cd):
         for p in range(0, x2.shape[0], _FILTER_GRAD_PIXELS):
             acc += x2[p:p + _FILTER_GRAD_PIXELS].T @ d2[p:p + _FILTER_GRAD_PIXELS]
         return acc.reshape(1, 1, c, co)
+    if _DIRECT and c <= _DIRECT_MAX_C and _slide.usable_grad(cd, kw, sw, dw, co):  # _slide
+        return _slide.filter_grad(x, nchw, dyc, kh, kw, geo,
+                                  _team_for(2.0 * n * oh * ow * k * co))
     if _direct_ok(cd, co, c):
         return _conv_filter_grad_direct(x, nchw, dyc, kh, kw, geo, cd).reshape(kh, kw, c, co)
     if _wide_ok(geo, kw, c):

@@ -176,9 +176,9 @@ def _attrs(padding, st, dil, fmt, ep):
 @pytest.fixture
 def direct_calls(monkeypatch):
     """Counts the direct paths' products, _gemm's gathered rows and _slide's sliding windows
-    (so a test knows which path ran): ("gather" or "slide", output shape)."""
+    (so a test knows which path ran): ("gather", "slide" or "slide_grad", output shape)."""
     calls = []
-    gather, slide = _gemm.gather_matmul, _slide.conv
+    gather, slide, slide_grad = _gemm.gather_matmul, _slide.conv, _slide.filter_grad
 
     def counting_gather(*a, **kw):
         calls.append(("gather", a[4].shape))
@@ -187,8 +187,14 @@ def direct_calls(monkeypatch):
     def counting_slide(*a, **kw):
         calls.append(("slide", a[6].shape))
         return slide(*a, **kw)
+
+    def counting_slide_grad(*a, **kw):
+        out = slide_grad(*a, **kw)
+        calls.append(("slide_grad", out.shape))
+        return out
     monkeypatch.setattr(_gemm, "gather_matmul", counting_gather)
     monkeypatch.setattr(_slide, "conv", counting_slide)
+    monkeypatch.setattr(_slide, "filter_grad", counting_slide_grad)
     return calls
 
 

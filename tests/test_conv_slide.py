@@ -14,7 +14,7 @@ import pytest
 
 from mgrt.kernels_cpu import _jit, _slide
 from kernel_util import conv_node_def, run_kernel
-from test_conv_direct import _attrs, _ref, input_grad_case
+from test_conv_direct import _attrs, _ref, _ref_filter_grad, input_grad_case
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -47,9 +47,21 @@ def test_usable():
     assert not _slide.usable(f32, 5, 1, 1, 14, 0)
 
 
+def test_usable_grad():
+    f32 = np.float32
+    assert _slide.usable_grad(f32, 5, 1, 1, 32)
+    assert _slide.usable_grad(f32, 3, 1, 1, 64)
+    assert not _slide.usable_grad(f32, 5, 1, 1, 16)           # a multiple of 32
+    assert not _slide.usable_grad(np.float64, 5, 1, 1, 32)
+    assert not _slide.usable_grad(f32, 2, 1, 1, 32)
+    assert not _slide.usable_grad(f32, 5, 2, 1, 32)           # stride 2 along the width
+    assert not _slide.usable_grad(f32, 5, 1, 2, 32)
+
+
 def test_jit_off_turns_the_path_off(monkeypatch):
     monkeypatch.setitem(_jit._state, "on", False)
     assert not _slide.usable(np.float32, 5, 1, 1, 14, 16)
+    assert not _slide.usable_grad(np.float32, 5, 1, 1, 32)
 
 
 @pytest.fixture
@@ -61,6 +73,19 @@ def slide_calls(monkeypatch):
         calls.append(a[6].shape)
         return real(*a, **kw)
     monkeypatch.setattr(_slide, "conv", counting)
+    return calls
+
+
+@pytest.fixture
+def slide_grad_calls(monkeypatch):
+    calls = []
+    real = _slide.filter_grad
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(out.shape)
+        return out
+    monkeypatch.setattr(_slide, "filter_grad", counting)
     return calls
 
 
@@ -90,6 +115,32 @@ def test_conv_against_reference(case, fmt, conv_threads, slide_calls):
     assert y.dtype == np.float32
     np.testing.assert_allclose(y.transpose(0, 2, 3, 1) if nchw else y, want, rtol=1e-4,
                                atol=1e-4)
+
+
+FILTER_GRAD_CASES = [
+    # x NHWC, filter, strides, dilations, padding, explicit pads
+    ((3, 14, 14, 16), (5, 5, 16, 32), (1, 1), (1, 1), "SAME", None),   # the benchmark's conv1
+    ((2, 9, 10, 3), (3, 3, 3, 64), (1, 1), (1, 1), "SAME", None),      # rows of 10: 4 zeros
+    ((2, 12, 18, 32), (5, 5, 32, 32), (2, 1), (1, 1), "VALID", None),  # stride 2 along h
+    ((1, 16, 15, 8), (3, 5, 8, 32), (1, 1), (2, 1), "SAME", None),     # dilation 2 along h
+    ((2, 7, 21, 5), (2, 3, 5, 32), (3, 1), (1, 1), "EXPLICIT", (1, 2, 0, 2)),
+]
+
+
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", range(len(FILTER_GRAD_CASES)))
+def test_filter_grad_against_reference(case, fmt, conv_threads, slide_grad_calls):
+    xs, fs, st, dil, padding, ep = FILTER_GRAD_CASES[case]
+    rs = np.random.RandomState(40 + case)
+    x = rs.randn(*xs).astype(np.float32)
+    want, taps = _ref(x, rs.randn(*fs).astype(np.float32), st, dil, padding, ep or (0,) * 4)
+    dy = rs.randn(*want.shape).astype(np.float32)
+    nchw = fmt == "NCHW"
+    (df,) = run_kernel(conv_node_def("Conv2DBackpropFilter", **_attrs(padding, st, dil, fmt, ep)),
+                       [x.transpose(0, 3, 1, 2) if nchw else x, np.array(fs, np.int32),
+                        dy.transpose(0, 3, 1, 2) if nchw else dy])
+    assert slide_grad_calls == [fs]
+    np.testing.assert_allclose(df, _ref_filter_grad(taps, dy, fs), rtol=1e-4, atol=2e-3)
 
 
 INPUT_GRAD_CASES = [  # stride 1: one phase, a convolution of out_backprop (16 channels out)
