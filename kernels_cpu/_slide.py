@@ -66,6 +66,19 @@ def source():
     return "\n".join(out).rstrip() + "\n"
 
 
+def _slides(indent, pix, kw, lanes, fma):
+    """The sliding FMAs: each of the pix + kw - 1 values a[q] of a row, broadcast once (e),
+    times tap j for output pixel p = q - j (``fma`` per lane v, given p, j and v)."""
+    text = []
+    for q in range(pix + kw - 1):
+        text.append(" " * indent + f"e = a[{q}]")
+        for j in range(kw):
+            p = q - j
+            if 0 <= p < pix:
+                text.append(" " * indent + "; ".join(fma.format(p=p, j=j, v=v) for v in lanes))
+    return text
+
+
 def _loop(kw):
     """``slide_{kw}``: for images b0:b1 of ``x`` (b, h, w, c; C-contiguous), copy the image
     into the zero-bordered scratch ``s`` (hp, c, wp) at (pt, pl), then per column block jb of
@@ -103,12 +116,7 @@ def _loop(kw):
             "                    a = at(s, r + kofs[k])"]
     for j in range(kw):
         text.append(line(20, [f"w{j}_{v} = wv[k, {j * NB + v}]" for v in lanes]))
-    for q in range(P + kw - 1):
-        text.append(f"                    e = a[{q}]")
-        for j in range(kw):
-            p = q - j
-            if 0 <= p < P:
-                text.append(line(20, [f"c{p}_{v} += e * w{j}_{v}" for v in lanes]))
+    text += _slides(20, P, kw, lanes, "c{p}_{v} += e * w{j}_{v}")
     text += ["                o = ob + oidx[m]",
              *per_pix(16, "out[o + {p}, j0 + {l}] = c{p}_{l}")]
     return "\n".join(text)
@@ -165,12 +173,7 @@ def _grad_loop(kw):
              f"                            t = at(d, rd + x0 * {nb})"]
     for p in range(pix):
         text.append(line(28, [f"f{p}_{v} = t[{p * nb + v}]" for v in lanes]))
-    for q in range(pix + kw - 1):
-        text.append(f"                            e = a[{q}]")
-        for j in range(kw):
-            p = q - j
-            if 0 <= p < pix:
-                text.append(line(28, [f"g{j}_{v} += e * f{p}_{v}" for v in lanes]))
+    text += _slides(28, pix, kw, lanes, "g{j}_{v} += e * f{p}_{v}")
     for j in range(kw):
         text.append(line(20, [f"acc[k, g + {j * nb + v}] = g{j}_{v}" for v in lanes]))
     return "\n".join(text)
