@@ -160,20 +160,33 @@ class BiasRelu:
 
     def __init__(self, bias, relu):
         self.bias, self.relu = np.ascontiguousarray(bias), bool(relu)
+        self.tiled = _tiled(self.bias)
 
     def __call__(self, rows):
-        bias_relu(rows, self.bias, self.relu, team=False)
+        bias_relu(rows, self.bias, self.relu, team=False, tiled=self.tiled)
 
 
-def bias_relu(x, b, relu, team=True):
+_TILE = 256  # elements of the repeated bias that the bias_relu loop runs against
+
+
+def _tiled(b):
+    """``b`` repeated to at least _TILE elements (a whole number of times)."""
+    return np.tile(b, max(1, -(-_TILE // max(1, b.shape[0]))))
+
+
+def bias_relu(x, b, relu, team=True, tiled=None):
     """``x`` (rows, C), C-contiguous float32 or float64, plus ``b`` (C,) of its dtype in place,
     then the ReLU when ``relu``, in one pass (BiasAdd and Relu fused). On a team when big and
-    ``team`` (False: on the calling thread, for a caller that is a team's item itself)."""
+    ``team`` (False: on the calling thread, for a caller that is a team's item itself).
+    ``tiled``: ``_tiled(b)``, when the caller has it."""
+    if x.size == 0:
+        return
     loop = _state["bias_relu"]
+    bt = _tiled(b) if tiled is None else tiled
     if team:
-        _team.split(lambda a, c: loop(x[a:c], b, relu), x.shape[0], 2 * x.nbytes)
+        _team.split(lambda a, c: loop(x[a:c], bt, relu), x.shape[0], 2 * x.nbytes)
     else:
-        loop(x, b, relu)
+        loop(x, bt, relu)
 
 
 def sgd(var, g, alpha, out):

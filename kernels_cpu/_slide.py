@@ -320,7 +320,7 @@ def conv(x, nchw, fm, kh, kw, geo, y2, team, post=None):
         fn(xv, b0, b1, pt, pl, s, wp, rowoff, oidx, y0 * nxb, y1 * nxb, opi, kofs, wr, y2, z)
         if fused:  # the bias (and ReLU) over the item's rows, while they are in cache
             rows = y2[b0 * opi + y0 * ow:(b1 - 1) * opi + y1 * ow]
-            _jit.bias_relu(rows, post.bias, post.relu, team=False)
+            post(rows)
     if len(items) == 1:
         item(items[0], 0)
     else:

@@ -146,6 +146,32 @@ def test_recorded_sparse_xent_every_path(case, path, monkeypatch):
     test_recorded(case)
 
 
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows,c", [(0, 3), (5, 3), (7, 16), (1000, 24), (3, 300), (40, 1)])
+def test_bias_relu_loop_against_numpy(rows, c, dtype, relu):
+    """_jit.bias_relu runs x as one flat run against the bias repeated (its loop's span a
+    multiple of C; a tail of x shorter than the span): BiasAdd's sums, then ReLU's
+    max(x, 0) keeping NaN and -0.0, bit for bit."""
+    from mgrt.kernels_cpu import _jit
+    assert _jit.enabled()
+    rs = np.random.RandomState(rows + c)
+    x = rs.randn(rows, c).astype(dtype)
+    b = rs.randn(c).astype(dtype)
+    if x.size:
+        x.flat[::7] = np.nan
+        x.flat[1::11] = -0.0
+        b[0] = -0.0
+    with np.errstate(invalid="ignore"):
+        want = x + b
+        if relu:
+            want = np.where(want < 0, np.zeros((), dtype), want)
+    for team in (False, True):
+        got = x.copy()
+        _jit.bias_relu(got, b, relu, team=team)
+        assert got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_relu_grad_big_on_a_team_against_numpy(dtype):
     """Over SPLIT_MIN_BYTES the one-pass loop runs in blocks on the team: NaN and inf gradients
