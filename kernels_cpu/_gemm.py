@@ -60,8 +60,10 @@ GROUPED_NBS = (16, 8)  # column blocks with a grouped loop: at 32 columns it mea
                        # (each broadcast feeds two FMAs there), and it would add 90 s to the
                        # first compile on a fresh machine (gather_32 takes 55 s)
 _DTYPES = (np.dtype(np.float32),)
-_ITEMS = 2         # team items per thread: each is one numba call over a run of rows (items
-                   # of 256 rows cost the CNN's first layer 4x: per-call overhead under the GIL)
+_ITEMS = 1         # team items per thread: each is one numba call over a run of rows, and
+                   # each costs a hand-over of the GIL, which a worker asleep on it takes about
+                   # 50 us to wake for on the benchmark VM (items of 256 rows cost the CNN's
+                   # first layer 4x; two per thread, against one: the CNN step 0.15 ms slower)
 _K_BLOCK = 1024    # reduction steps per pass over the rows (a multiple of GROUP): b's rows
                    # for them stay in L2 (a filter gradient's out_backprop, 800 KB in the
                    # CNN, streamed from L3)

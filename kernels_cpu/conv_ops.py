@@ -739,6 +739,14 @@ def _phase_taps(k, d, s, pad, a):
     return taps, first, step
 
 
+def _as_slice(taps):
+    """The (descending, evenly spaced) tap list of _phase_taps as a slice: a view, not a
+    copy."""
+    step = taps[1] - taps[0] if len(taps) > 1 else -1
+    stop = taps[-1] + step
+    return slice(taps[0], stop if stop >= 0 else None, step)
+
+
 def _conv_input_grad_phases(dy, nchw, f, in_shape, geo, cd):
     """Input gradient as convolutions: the input rows and columns of one phase (= a mod sh,
     b mod sw) receive out_backprop through the filter taps of that phase only, and for them it
@@ -761,8 +769,10 @@ def _conv_input_grad_phases(dy, nchw, f, in_shape, geo, cd):
             if (fi > oh - 1 or fj > ow - 1 or hq - 1 + fi + (len(ti) - 1) * si < 0
                     or wq - 1 + fj + (len(tj) - 1) * sj < 0):
                 continue  # its taps read outside out_backprop only
-            fs = f[ti][:, tj].transpose(0, 1, 3, 2)  # (|ti|, |tj|, O, C)
-            fm = np.ascontiguousarray(fs, dtype=cd).reshape(len(ti) * len(tj) * co, c)
+            fs = f[_as_slice(ti), _as_slice(tj)].transpose(0, 1, 3, 2)  # (|ti|, |tj|, O, C)
+            fm = np.empty((len(ti), len(tj), co, c), cd)  # one copy of the filter
+            fm[...] = fs
+            fm = fm.reshape(len(ti) * len(tj) * co, c)
             qt, ql = -fi, -fj
             qb = (hq - 1) + fi + (len(ti) - 1) * si - (oh - 1)
             qr = (wq - 1) + fj + (len(tj) - 1) * sj - (ow - 1)
