@@ -33,6 +33,34 @@ def _load_acquire(typingctx, arr, idx):
     return types.int64(arr, idx), codegen
 
 
+@intrinsic
+def _store_release(typingctx, arr, idx, val):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+            and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(value, builder.gep(ary.data, [index]), "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, val), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_and_wait(flags, tid, done, limit):
+    """flags[tid] = ``done`` (stored after the GIL is released: the caller, polling without
+    it, takes the GIL back uncontended), then as wait_change(flags, 0, done, limit)."""
+    _store_release(flags, tid, done)
+    for _ in range(limit):
+        v = _load_acquire(flags, 0)
+        if v != done:
+            return v
+    return done
+
+
 @numba.njit(cache=True, nogil=True)
 def wait_change(flags, idx, old, limit):
     """Poll flags[idx] until it differs from ``old`` (returns the new value) or ``limit``

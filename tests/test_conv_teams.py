@@ -342,6 +342,9 @@ def test_crew_polls_are_bounded():
     assert not _spin.wait_all(flags, 1, 3, 7, 1000)
     flags[1:] = 7
     assert _spin.wait_all(flags, 1, 3, 7, 1000)
+    # a worker's "done" is stored first, then it polls for the next job as wait_change
+    assert _spin.finish_and_wait(flags, 2, 9, 1000) == 7 and flags[2] == 9
+    assert _spin.finish_and_wait(flags, 1, 7, 1000) == 7 and flags[1] == 7  # none: bounded
 
 
 def test_a_team_busy_on_another_thread_runs_items_on_the_caller(monkeypatch):
