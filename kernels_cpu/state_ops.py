@@ -725,6 +725,7 @@ _CHUNK_BYTES = 1 << 18
 # in-place update safe cost a few microseconds, more than allocating a small array (measured:
 # SGD breaks even at about 20,000 float32 elements).
 _MIN_IN_PLACE = 16384
+_LEAN = True  # the dense Apply kernels' lean path for small ref variables (_make_apply)
 
 
 def _update_to(fn, n_tmp, attrs, src, dst, h, g):
@@ -951,7 +952,40 @@ def _make_apply(family, resource):
             new = [v if v.shape == c.shape else v.reshape(c.shape) for v, c in zip(new, cur)]
             _write(holders, resource, new)
 
+        lean = fast is not None and not resource and not use_locking
+        hp_at = [n_state + k for k in range(len(names) - n_state) if k != grad_pos]
+        g_at = n_state + grad_pos
+
+        def lean_update(inputs):
+            """The common update in fewer steps (the CNN's six momentum updates: 19.6 -> 14.6
+            us a call, alternating): a small ref variable, slots and gradient of its shape,
+            C-contiguous, a dtype of the numba loops; new buffers written by one pass. None
+            where any of that fails: the general path then runs (and raises what it raises)."""
+            holders = inputs[:n_state]
+            cur = [r.store.get(r.key) for r in holders]
+            var, g = cur[0], inputs[g_at]
+            if var is None or type(g) is not np.ndarray or var.size >= _MIN_IN_PLACE:
+                return None
+            dtype, shape = var.dtype, var.shape
+            if dtype not in _JIT_DT or g.dtype != dtype or g.shape != shape \
+                    or not g.flags.c_contiguous:
+                return None
+            for c in cur:
+                if c is None or c.shape != shape or c.dtype != dtype or not c.flags.c_contiguous:
+                    return None
+            h = hyper([inputs[i] for i in hp_at], dtype)
+            dst = [np.empty(shape, dtype) for _ in cur]
+            fast(attrs, cur, dst, h, g)
+            for r, d in zip(holders, dst):
+                r.store[r.key] = d
+            small[0] = True
+            return holders[0]
+
         def run(*inputs):
+            if lean and _LEAN:
+                done = lean_update(inputs)
+                if done is not None:
+                    return (done,)
             holders = inputs[:n_state]
             rest = list(inputs[n_state:])
             grad = np.asarray(rest.pop(grad_pos))

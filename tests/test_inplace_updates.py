@@ -509,3 +509,27 @@ def test_locking_updates_from_threads(resource):
             if resource:  # a resource read takes the variable's lock: a whole number of steps
                 steps = start[:1000] - a[:1000]
                 assert np.all(steps == steps[0]) and float(steps[0]) * 2 % 1 == 0
+
+
+_LEAN_CASES = [c for c in CASES if c["op"].startswith("Apply") and c["kind"] == "ref"
+               and _family(c["op"])[0] in state_ops._JIT_TO]
+
+
+@pytest.mark.parametrize("case", _LEAN_CASES, ids=[c["name"] for c in _LEAN_CASES])
+def test_lean_path_is_the_general_path_bit_for_bit(case, monkeypatch):
+    """Small ref variables of the numba families take _make_apply's lean path: the same new
+    buffers, bit for bit, as the general path writes, and TensorFlow's values."""
+    monkeypatch.setattr(state_ops, "_MIN_IN_PLACE", 1 << 30)
+    after = {}
+    for lean in (True, False):
+        monkeypatch.setattr(state_ops, "_LEAN", lean)
+        store, holders = _store(case)
+        for _ in range(2):  # (the general path learns the size on its first run)
+            before = list(store.values())
+            _run_case(case, store, holders)
+        assert all(v is not b for v, b in zip(store.values(), before))  # new buffers
+        after[lean] = [store[("", f"v{k}")].tobytes() for k in range(len(case["vars"]))]
+    assert after[True] == after[False]
+    store, holders = _store(case)
+    _run_case(case, store, holders)
+    _check_after(case, store)
