@@ -322,10 +322,7 @@ def conv(x, nchw, fm, kh, kw, geo, y2, team, post=None):
         if fused:  # the bias (and ReLU) over the item's rows, while they are in cache
             rows = y2[b0 * opi + y0 * ow:(b1 - 1) * opi + y1 * ow]
             post(rows)
-    if len(items) == 1:
-        item(items[0], 0)
-    else:
-        _team.run(item, items, team)
+    _team.run(item, items, team)  # (one item: on this thread)
     if post is not None and not fused:
         post(y2)
     return y2
@@ -351,11 +348,7 @@ def filter_grad(x, nchw, dy, kh, kw, geo, team):
         b0, b1, r0, r1 = it
         s, d = _plane(hp * c * wq, dt), _plane(co * oh * owp, dt, "grad")
         fn(xv, dv, b0, b1, r0, r1, pt, pl, s, wq, d, owp, sh, dh, kh, accs.get(tid), z)
-    items = _items(n, oh, team)
-    if len(items) == 1:
-        item(items[0], 0)
-    else:
-        _team.run(item, items, team)
+    _team.run(item, _items(n, oh, team), team)  # (one item: on this thread)
     # (kh, c, co // GRAD_NB, kw, GRAD_NB) -> (kh, kw, c, co)
     g = accs.total().reshape(kh, c, co // GRAD_NB, kw, GRAD_NB).transpose(0, 3, 1, 2, 4)
     return np.ascontiguousarray(g).reshape(kh, kw, c, co)
