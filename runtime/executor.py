@@ -5,6 +5,9 @@ to what the fetches and targets need (control dependencies included, stopping at
 ordered, each node's kernel bound once (attrs decoded at plan time), every value given a slot,
 and the last use of each slot known so its value is dropped as soon as it is dead. Running a
 plan is then a loop over prepared steps with no name lookups, no attr decoding, no placement.
+A plan without control flow that runs again is compiled into one Python function, a line per
+step on local variables (``_compile_straight``): a step then costs its kernel call and little
+more (``MGRT_COMPILE_AFTER``: loop runs before compiling, default 1; negative: never).
 
 Reference values: a ref output (VariableV2, Assign, ...) is a ``Ref`` to the variable's buffer in
 the session's store; an input the op definition declares as a ref gets the Ref (state kernels
@@ -350,6 +353,8 @@ class Plan:
             prog.append((st.run, n, get, s0, st.deref, single, outs,
                          tuple(st.free_after), st))
         self._prog = prog
+        self._program = None  # the compiled program (_compile_straight), from the 2nd run
+        self._runs = 0
 
     def run(self, feed_values):
         # TensorFlow's kernels never warn on inf - inf or log(0); numpy's would, per call.
@@ -372,6 +377,17 @@ class Plan:
         return out
 
     def _run_straight(self, feed_values):
+        program = self._program
+        if program is not None:
+            try:
+                return program(feed_values)
+            except Exception as e:  # noqa: BLE001 - every kernel failure names its node
+                raise self._program_error(e) from None
+        if self._runs >= COMPILE_AFTER >= 0:
+            self._program, self._program_lines = _compile_straight(
+                self._prog, self.feed_slots, self.fetch_slots)
+            return self._run_straight(feed_values)
+        self._runs += 1
         values = [None] * self.n_slots
         for s, v in zip(self.feed_slots, feed_values):
             values[s] = v
@@ -396,6 +412,63 @@ class Plan:
             for s in free_after:
                 values[s] = None
         return [values[s] for s in self.fetch_slots]
+
+    def _program_error(self, exc):
+        """The compiled program's failure ``exc`` as the loop would have raised it: the step
+        comes from the program's line in the traceback, its inputs from the frame."""
+        tb = exc.__traceback__
+        code = self._program.__code__
+        while tb is not None and tb.tb_frame.f_code is not code:
+            tb = tb.tb_next
+        if tb is None or (tb.tb_next is not None
+                          and tb.tb_next.tb_frame.f_code is _deref.__code__):
+            return exc  # reading a ref input failed: the error names its node already
+        st = self._prog[tb.tb_lineno - self._program_lines][-1]
+        frame = tb.tb_frame.f_locals
+        return _wrap_kernel_error(st.op, exc, [frame.get(f"v{s}") for s in st.in_slots],
+                                  st.device)
+
+
+def _compile_straight(prog, feed_slots, fetch_slots):
+    """The straight-line program ``prog`` (Plan._prog) as one Python function
+    ``program(feed_values) -> fetched values``: each step one line calling its kernel on local
+    variables (``v<slot>``), so a step costs the kernel call and little else (the loop's
+    per-step unpacking and branching is about 0.3 us). Kernels and constants are the
+    function's globals (3.11's specialized global loads; closures of thousands of free
+    variables compile in quadratic time). Returns (function, line of the first step - 0):
+    a failure's traceback line gives its step (Plan._program_error)."""
+    g = {"_deref": _deref}
+    head = ["def program(feeds):"]
+    if feed_slots:
+        head.append("    " + ", ".join(f"v{s}" for s in feed_slots) + ", = feeds")
+    lines = []
+    for k, (run, n, get, s0, deref, single, outs, free_after, st) in enumerate(prog):
+        g[f"r{k}"] = run
+        args = ", ".join(f"v{s}" for s in st.in_slots)
+        if deref:
+            g[f"o{k}"] = st.op
+            call = f"r{k}(*_deref([{args}], {deref!r}, o{k}))"
+        else:
+            call = f"r{k}({args})"
+        if single >= 0:
+            line = f"v{single} = {call}[0]"
+        elif outs:
+            line = f"_o = {call}; " + "; ".join(f"v{s} = _o[{j}]" for j, s in outs)
+        else:
+            line = call
+        if free_after:
+            line += "; " + ", ".join(f"v{s}" for s in free_after) + " = " + \
+                ", ".join("None" for _ in free_after)
+        lines.append("    " + line)
+    tail = ["    return [" + ", ".join(f"v{s}" for s in fetch_slots) + "]"]
+    src = "\n".join(head + lines + tail) + "\n"
+    exec(compile(src, "<mgrt plan>", "exec"), g)
+    return g["program"], len(head) + 1
+
+
+# Runs of a plan by the step loop before it is compiled (_compile_straight): a plan run once
+# (an initializer, a save) is not worth compiling (about 20 us a step). Negative: never.
+COMPILE_AFTER = int(os.environ.get("MGRT_COMPILE_AFTER", "1"))
 
 
 class _FusedOp:
