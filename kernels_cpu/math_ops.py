@@ -75,6 +75,9 @@ def _check_same_shapes(node, xs):
                        f"{_shape_str(xs[i].shape)}")
 
 
+_ND = np.ndarray
+
+
 def _wrap(r, dt):
     """``r`` as an ndarray of dtype ``dt`` (numpy returns scalars for 0-d results)."""
     if type(r) is np.ndarray and r.dtype == dt:
@@ -325,7 +328,10 @@ def _unary_kernel(op_types, fn, types, *, complex_fn=None, int_fn=None, compute6
                 return (np.asarray(r).astype(dt),)
         else:
             def run(x):
-                return (_wrap(f(x), dt),)
+                r = f(x)
+                if type(r) is not _ND or r.dtype is not dt:  # _wrap, inlined: the common case
+                    r = _wrap(r, dt)                          # costs two identity checks
+                return (r,)
         return run
 
     register(op_types, "CPU", type_constraints={"T": types})(builder)
@@ -483,7 +489,9 @@ def _binary_kernel(op_types, fn, types, *, complex_fn=None, int_fn=None, low_nat
                     r = f(x, y)
                 except ValueError:
                     raise _incompatible(x, y) from None
-                return (_wrap(r, dt),)
+                if type(r) is not _ND or r.dtype is not dt:  # _wrap, inlined
+                    r = _wrap(r, dt)
+                return (r,)
         return run
 
     register(op_types, "CPU", type_constraints={"T": types})(builder)
