@@ -18,7 +18,16 @@ Pass-through steps: in a plan without control flow whose values all live in host
 Identity (StopGradient, PreventGradient, an unfed PlaceholderWithDefault) of a value is no
 step at all: its readers and fetches read the value's own slot. The order of the remaining
 steps is unchanged, so its control inputs still run before its readers. (An Identity of a ref
-reads the variable at that point: it stays a step.)
+reads the variable at that point: it stays a step.) A NoOp is no step either.
+
+Folded and memoized steps (as TensorFlow's grappler folds constants), in a plan without control
+flow whose values all live in host memory: a Const, and an op TensorFlow does not mark stateful
+whose inputs are all such values, runs once when the plan is built and its (read-only) outputs
+are seeded into their slots at every run (``_fold_constants``); the ops whose values depend on
+some values' shapes alone (Shape, ShapeN, Size, Rank and such ops of their outputs: a mean's
+gradient) run as one step that reruns them only when those shapes change (``_memo_shapes``).
+Nothing fetched is folded or memoized (a fetch is a new array each run), and a member that
+fails is named as if it had run alone. ``FOLD`` (``MGRT_FOLD=0``) turns both off.
 
 Fused steps: in a plan without control flow, a chain of CPU ops that kernels registered as one
 (kernel_registry.register_fused: a Conv2D or MatMul whose output only its BiasAdd reads, and
@@ -302,6 +311,10 @@ class Plan:
         self.fetch_slots = [slot_of[id(t)] for t in fetch_tensors]
         if FUSE and not self.has_control_flow and not crosses_devices:
             steps = _pass_through(steps, self.fetch_slots)
+        self.const_slots = {}
+        if FOLD and not self.has_control_flow and not crosses_devices:
+            steps, self.const_slots = _fold_constants(steps, set(self.fetch_slots))
+            steps = _memo_shapes(steps, set(self.fetch_slots), self.const_slots)
         if FUSE and not self.has_control_flow:
             steps = _fuse(steps, built, set(self.fetch_slots))
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
@@ -385,10 +398,12 @@ class Plan:
                 raise self._program_error(e) from None
         if self._runs >= COMPILE_AFTER >= 0:
             self._program, self._program_lines = _compile_straight(
-                self._prog, self.feed_slots, self.fetch_slots)
+                self._prog, self.feed_slots, self.fetch_slots, self.const_slots)
             return self._run_straight(feed_values)
         self._runs += 1
         values = [None] * self.n_slots
+        for s, v in self.const_slots.items():
+            values[s] = v
         for s, v in zip(self.feed_slots, feed_values):
             values[s] = v
         for run, n, get, s0, deref, single, outs, free_after, st in self._prog:
@@ -429,7 +444,7 @@ class Plan:
                                   st.device)
 
 
-def _compile_straight(prog, feed_slots, fetch_slots):
+def _compile_straight(prog, feed_slots, fetch_slots, const_slots):
     """The straight-line program ``prog`` (Plan._prog) as one Python function
     ``program(feed_values) -> fetched values``: each step one line calling its kernel on local
     variables (``v<slot>``), so a step costs the kernel call and little else (the loop's
@@ -439,6 +454,9 @@ def _compile_straight(prog, feed_slots, fetch_slots):
     a failure's traceback line gives its step (Plan._program_error)."""
     g = {"_deref": _deref}
     head = ["def program(feeds):"]
+    for s, v in const_slots.items():  # folded constants (_fold_constants)
+        g[f"k{s}"] = v
+        head.append(f"    v{s} = k{s}")
     if feed_slots:
         head.append("    " + ", ".join(f"v{s}" for s in feed_slots) + ", = feeds")
     lines = []
@@ -502,6 +520,8 @@ def _pass_through(steps, fetch_slots):
     alias = {}
     kept = []
     for st in steps:
+        if st.op.type == "NoOp" and st.run is not None and not st.out_slots:
+            continue  # (its control edges have ordered the steps)
         if alias:
             st.in_slots = [alias.get(s, s) for s in st.in_slots]
         if (st.op.type in _PASS_THROUGH and st.run is not None and not st.deref
@@ -578,6 +598,183 @@ def _fuse(steps, built, fetched):
     if not fused:
         return steps
     return [fused.get(i, st) for i, st in enumerate(steps) if i not in removed]
+
+
+# Plan-time constant folding and shape memos (_fold_constants, _memo_shapes); MGRT_FOLD=0: off.
+FOLD = os.environ.get("MGRT_FOLD", "1").strip().lower() not in ("0", "false", "no", "off")
+# A folded value larger than this stays a step (a plan would hold it for its life).
+FOLD_MAX_BYTES = 1 << 20
+# Ops whose outputs depend on their inputs' shapes alone.
+_SHAPE_OPS = frozenset(("Shape", "ShapeN", "Size", "Rank"))
+
+
+def _foldable(st, fetched):
+    """Whether step ``st`` computes a function of its inputs alone (an op TensorFlow does not
+    mark stateful, no checks, no control flow, no ref read) on a device with host memory, and
+    every output has a slot that is not fetched (a fetched value is a new array each run)."""
+    op = st.op
+    op_def = getattr(op, "op_def", None)
+    return (st.run is not None and not st.deref and op_def is not None
+            and not op_def.is_stateful and op.type not in _CHECKING_OPS
+            and op.type not in _CONTROL_FLOW_OPS
+            and (st.device is None or st.device.is_host_memory)
+            and all(s >= 0 and s not in fetched for s in st.out_slots))
+
+
+def _read_only(v):
+    if type(v) is np.ndarray and v.flags.writeable:
+        v = v.view()  # (the kernel's own array stays as it was)
+        v.flags.writeable = False
+    return v
+
+
+def _fold_constants(steps, fetched):
+    """TensorFlow's constant folding, at plan time: each Const step, and each foldable step
+    (_foldable) whose inputs are all such values, is run once now and is no step at all; its
+    outputs (read-only arrays of at most FOLD_MAX_BYTES) are seeded into their slots at every
+    run. A step that fails here stays a step (its error comes when the plan runs, as before).
+    Returns (steps, {slot: value})."""
+    consts = {}
+    kept = []
+    with np.errstate(all="ignore"):
+        for st in steps:
+            if _foldable(st, fetched) and (st.in_slots or st.op.type == "Const") and all(
+                    s in consts for s in st.in_slots):
+                try:
+                    outs = st.run(*[consts[s] for s in st.in_slots])
+                except Exception:  # noqa: BLE001 - it fails again when the plan runs
+                    outs = None
+                if (outs is not None and len(outs) == st.n_out and all(
+                        type(v) is np.ndarray and v.nbytes <= FOLD_MAX_BYTES for v in outs)):
+                    for s, v in zip(st.out_slots, outs):
+                        consts[s] = _read_only(v)
+                    continue
+            kept.append(st)
+    return kept, consts
+
+
+class _MemoOp:
+    """What a shape memo step shows of itself (_memo_shapes): its members' Operations."""
+
+    __slots__ = ("name", "type", "node_def", "members", "_inputs", "_control_inputs")
+
+    def __init__(self, members):
+        self.members = members
+        self.name = members[-1].name
+        self.type = "_ShapeMemo"
+        self.node_def = members[-1].node_def
+        self._inputs = []
+        self._control_inputs = []
+
+
+def _memo_shapes(steps, fetched, consts):
+    """Steps whose values depend on some values' shapes alone (Shape, ShapeN, Size, Rank, and
+    foldable steps of those and constants: a mean's gradient, tf.gradients' shape arithmetic)
+    as one step per connected group, placed before the group's first reader: it runs its
+    members when the shapes of its inputs differ from the last run's, and otherwise gives the
+    last run's (read-only) values. A group whose inputs come after a reader stays as it is."""
+    member = {}  # step index -> group (union-find parent)
+    shaped = {}  # slot -> step index of the member writing it
+    producer = {}
+    for i, st in enumerate(steps):
+        for s in st.out_slots:
+            producer[s] = i
+
+    def find(i):
+        while member[i] != i:
+            member[i] = member[member[i]]
+            i = member[i]
+        return i
+
+    for i, st in enumerate(steps):
+        if not _foldable(st, fetched):
+            continue
+        inner = [shaped[s] for s in st.in_slots if s in shaped]
+        if st.op.type not in _SHAPE_OPS and not (
+                inner and all(s in consts or s in shaped for s in st.in_slots)):
+            continue
+        member[i] = i
+        for j in inner:
+            member[find(j)] = i
+        for s in st.out_slots:
+            shaped[s] = i
+    if not member:
+        return steps
+    groups = {}
+    for i in member:
+        groups.setdefault(find(i), []).append(i)
+    index_of = {id(st.op): i for i, st in enumerate(steps)}
+    first_reader = {}  # group -> first step (not a member) that reads it or waits for it
+    readers = {}  # group -> slots read outside it
+    for j, st in enumerate(steps):
+        if j in member:
+            continue
+        for s in st.in_slots:
+            i = shaped.get(s)
+            if i is not None:
+                g = find(i)
+                first_reader.setdefault(g, j)
+                readers.setdefault(g, set()).add(s)
+        for c in getattr(st.op, "_control_inputs", ()):
+            i = index_of.get(id(c))
+            if i is not None and i in member:
+                first_reader.setdefault(find(i), j)
+    placed = {}  # position -> memo steps placed before it
+    removed = set()
+    for g, idx in groups.items():
+        idx.sort()
+        roots = []
+        for i in idx:
+            for s in steps[i].in_slots:
+                if s not in shaped and s not in consts and s not in roots:
+                    roots.append(s)
+        at = first_reader.get(g, len(steps))
+        if any(producer.get(s, -1) >= at for s in roots):
+            continue  # an input comes after a reader: the members stay in place
+        outs = sorted(readers.get(g, ()))
+        m = _Step()
+        m.op = _MemoOp([steps[i].op for i in idx])
+        m.device = steps[idx[0]].device
+        m.run = _memo_run([steps[i] for i in idx], roots, consts, outs)
+        m.in_slots = roots
+        m.deref = ()
+        m.out_slots = outs
+        m.n_out = len(outs)
+        placed.setdefault(at, []).append(m)
+        removed.update(idx)
+    if not removed:
+        return steps
+    out = []
+    for i, st in enumerate(steps):
+        out += placed.get(i, ())
+        if i not in removed:
+            out.append(st)
+    out += placed.get(len(steps), ())
+    return out
+
+
+def _memo_run(members, roots, consts, outs):
+    """A shape memo step's kernel (_memo_shapes): ``run(*root values)``."""
+    runs = [(st.run, st.in_slots, st.out_slots) for st in members]
+    last = [None, None]  # the roots' shapes, the outputs
+
+    def run(*inputs):
+        key = tuple([v.shape if type(v) is np.ndarray else None for v in inputs])
+        if key == last[0] and None not in key:
+            return last[1]
+        vals = dict(consts)
+        vals.update(zip(roots, inputs))
+        for k, (r, ins, o) in enumerate(runs):
+            args = [vals[s] for s in ins]
+            try:
+                got = r(*args)
+            except Exception as e:  # noqa: BLE001 - named by the executor
+                raise kernel_registry.FusedMemberError(k, e, args) from None
+            vals.update(zip(o, got))
+        result = tuple([_read_only(vals[s]) for s in outs])
+        last[0], last[1] = key, result
+        return result
+    return run
 
 
 class _PairOp:
