@@ -101,9 +101,11 @@ def maxpool_nhwc(x, ks, st, geo, low):
     return y
 
 
-def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
+def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False, bias=False):
     """TF's MaxPoolGrad (argmax rule) of C-contiguous NHWC ``x`` and ``g``, in dtype ``gd``;
-    with ``relu``, followed by TF's ReluGrad with features ``x`` (in the same pass)."""
+    with ``relu``, followed by TF's ReluGrad with features ``x`` (in the same pass). With
+    ``bias``: (dx, the sum of dx over all but the channel axis, in float64: BiasAddGrad),
+    summed in the same pass where the windows are 2x2 tiles."""
     x, g = _native(x), _native(g)
     oh, ow, pt, _, pl, _ = geo
     n, h, w, c = x.shape
@@ -115,20 +117,29 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False):
     dx = empty_aligned(x.shape, gd)  # out_backprop of the convolution below: _gemm's b
     if not covers:
         dx[...] = 0
+    sums = None
     if dx.size and g.size and _tiles_2x2(ks, st, geo, x.shape):
         arg, scatter = _state["maxpool_2x2_argmax"], _state["maxpool_2x2_scatter"]
         t = np.empty(g.shape, np.uint8)
+        sums = np.zeros((n if bias else 1, c), np.float64)
 
         def images(b0, b1):
             arg(x[b0:b1], t[b0:b1])
-            scatter(x[b0:b1], g[b0:b1], t[b0:b1], relu, dx[b0:b1])
+            scatter(x[b0:b1], g[b0:b1], t[b0:b1], relu, dx[b0:b1], bias,
+                    sums[b0:b1] if bias else sums)
         _team.split(images, n, x.nbytes + g.nbytes + dx.nbytes)
     elif dx.size and g.size:
         loop = _state["maxpool_grad_nhwc"]
         _team.split(lambda b0, b1: loop(x[b0:b1], g[b0:b1], kh, kw, sh, sw, pt, pl, overlap,
                                         relu, dx[b0:b1]),
                     n, x.nbytes + g.nbytes + dx.nbytes)
-    return dx
+    if not bias:
+        return dx
+    if sums is None:  # the other loops: a pass over dx
+        sums = dx.reshape(-1, c).sum(axis=0, dtype=np.float64)
+    else:
+        sums = sums.sum(axis=0)
+    return dx, sums
 
 
 def _elementwise(name, arrays, scalars, work_bytes):

@@ -103,15 +103,18 @@ def maxpool_2x2_argmax(x, t):
 
 
 @_jit
-def maxpool_2x2_scatter(x, g, t, relu, dx):
+def maxpool_2x2_scatter(x, g, t, relu, dx, add, sums):
     """dx's elements under the windows: g where t picks the tap, else 0; with ``relu`` times
-    1 where x > 0, else 0 (ReluGrad's mask: NaN and inf gradients times 0 stay NaN)."""
+    1 where x > 0, else 0 (ReluGrad's mask: NaN and inf gradients times 0 stay NaN). With
+    ``add``, the elements written are also added to ``sums`` (a row per image: (n, c),
+    zeroed), per channel (a BiasAddGrad of dx in the same pass; else ``sums`` is (1, c))."""
     n = x.shape[0]
     c = x.shape[3]
     oh, ow = t.shape[1], t.shape[2]
     zero = dx.dtype.type(0)
     one = dx.dtype.type(1)
     for b in range(n):
+        sr = sums[b if add else 0]
         for i in range(oh):
             for di in range(2):
                 xr = x[b, 2 * i + di]
@@ -130,6 +133,9 @@ def maxpool_2x2_scatter(x, g, t, relu, dx):
                         else:
                             for ch in range(c):
                                 dv[ch] = gr[ch] if tr[ch] == tap else zero
+                        if add:
+                            for ch in range(c):
+                                sr[ch] += dv[ch]
 
 
 @_jit

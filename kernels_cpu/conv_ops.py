@@ -2007,11 +2007,10 @@ def _fused_maxpool_relu_grad(nodes, unfused, ctx):
         return None
     ks, st = fixed
 
-    def run(orig_input, orig_output, grad, features):
+    def grads(orig_input, orig_output, grad, features, bias):
         if not (features is orig_input and orig_input.dtype == grad.dtype == dt
                 and orig_input.flags.c_contiguous and grad.flags.c_contiguous):
-            return kernel_registry.run_members(unfused, (orig_input, orig_output, grad),
-                                               (features,))
+            return None
         try:
             _check_pool_ranks(orig_input, orig_output, grad)
             geo = pool.geometry(orig_input.shape, ks, st)
@@ -2020,9 +2019,39 @@ def _fused_maxpool_relu_grad(nodes, unfused, ctx):
         except Exception as e:  # noqa: BLE001 - named after the MaxPoolGrad node
             raise kernel_registry.FusedMemberError(0, e, (orig_input, orig_output, grad)) \
                 from None
-        return (_jit.maxpool_grad_nhwc(orig_input, grad, ks, st, geo, dt, relu=True),)
+        return _jit.maxpool_grad_nhwc(orig_input, grad, ks, st, geo, dt, relu=True, bias=bias)
 
-    return _quiet(run)
+    def run(orig_input, orig_output, grad, features):
+        dx = grads(orig_input, orig_output, grad, features, False)
+        if dx is None:
+            return kernel_registry.run_members(unfused, (orig_input, orig_output, grad),
+                                               (features,))
+        return (dx,)
+
+    quiet = _quiet(run)
+
+    def with_bias_grad(bias_node, bias_run):
+        """This kernel followed by the BiasAddGrad (``bias_node``, its kernel ``bias_run``)
+        of its output, as member 2: (dx, bias gradient), the sum in the same pass (executor:
+        _bias_into_pool_grads); None where that node's dtype or layout differ."""
+        if _out(bias_node) != dt or bias_node.attr("data_format", b"NHWC") != b"NHWC":
+            return None
+
+        def run_bias(orig_input, orig_output, grad, features):
+            got = grads(orig_input, orig_output, grad, features, True)
+            if got is not None:
+                return got[0], got[1].astype(dt)
+            (dx,) = run(orig_input, orig_output, grad, features)
+            try:
+                (b,) = bias_run(dx)
+            except Exception as e:  # noqa: BLE001 - named after the BiasAddGrad node
+                raise kernel_registry.FusedMemberError(2, e, (dx,)) from None
+            return dx, b
+
+        return _quiet(run_bias)
+
+    quiet.with_bias_grad = with_bias_grad
+    return quiet
 
 
 @register("MaxPoolGradV2", "CPU", host_memory=("ksize", "strides"), type_constraints={"T": _REAL_T})

@@ -34,7 +34,8 @@ Fused steps: in a plan without control flow, a chain of CPU ops that kernels reg
 the Relu that alone reads that; a MatMul whose output only a ReluGrad reads, as its gradient;
 a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step, as TensorFlow's grappler
 remapper fuses them; nothing fetched or fed is inside a chain, and a member's failure names
-that member's node. ``FUSE`` (``MGRT_FUSE=0`` in the environment) turns both rewrites off.
+that member's node. A BiasAddGrad of such a pool gradient's output is summed by that step in
+the same pass (``_bias_into_pool_grads``: a second output). ``FUSE`` (``MGRT_FUSE=0`` in the environment) turns both rewrites off.
 
 Concurrent pairs: in a plan without control flow that runs CPU convolutions on thread teams,
 two independent convolution steps close to each other (a convolution's input and filter
@@ -317,6 +318,7 @@ class Plan:
             steps = _memo_shapes(steps, set(self.fetch_slots), self.const_slots)
         if FUSE and not self.has_control_flow:
             steps = _fuse(steps, built, set(self.fetch_slots))
+            steps = _bias_into_pool_grads(steps, built)
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
@@ -775,6 +777,45 @@ def _memo_run(members, roots, consts, outs):
         last[0], last[1] = key, result
         return result
     return run
+
+
+def _bias_into_pool_grads(steps, built):
+    """``steps`` with each BiasAddGrad of a fused MaxPoolGrad+ReluGrad step's output done by
+    that step, in the same pass over the gradient (its kernel's ``with_bias_grad``): the
+    fused step gets the BiasAddGrad as its third member and its value as a second output; the
+    BiasAddGrad step goes (it only reads that output, which is ready earlier)."""
+    makers = {}
+    for i, st in enumerate(steps):
+        make = getattr(st.run, "with_bias_grad", None)
+        if make is not None and st.n_out == 1 and st.out_slots[0] >= 0:
+            makers[st.out_slots[0]] = i
+    if not makers:
+        return steps
+    replaced, removed = {}, set()
+    for j, st in enumerate(steps):
+        i = makers.get(st.in_slots[0]) if len(st.in_slots) == 1 else None
+        if (i is None or st.op.type != "BiasAddGrad" or st.deref or id(st) not in built
+                or st.n_out != 1 or st.out_slots[0] < 0 or st.device is not steps[i].device):
+            continue
+        f = steps[i]
+        run = f.run.with_bias_grad(built[id(st)][0], st.run)
+        if run is None:
+            continue
+        del makers[st.in_slots[0]]  # one BiasAddGrad per pool gradient
+        m = _Step()
+        m.op = _FusedOp(list(f.op.members) + [st.op])
+        m.op.name = f.op.name
+        m.device = f.device
+        m.run = run
+        m.in_slots = f.in_slots
+        m.deref = f.deref
+        m.out_slots = list(f.out_slots) + list(st.out_slots)
+        m.n_out = 2
+        replaced[i] = m
+        removed.add(j)
+    if not replaced:
+        return steps
+    return [replaced.get(i, st) for i, st in enumerate(steps) if i not in removed]
 
 
 class _PairOp:

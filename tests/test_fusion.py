@@ -330,3 +330,43 @@ def test_maxpool_grad_with_other_features_runs_unfused():
     with pytest.raises(errors.InvalidArgumentError) as e:  # ReluGrad's own check
         s.run(out, {a: av, f: np.zeros((1, 4, 4, 3), np.float32), gp: gv})
     assert "(ReluGrad) with input shapes: [1,4,4,2], [1,4,4,3]]]" in str(e.value)
+
+
+@pytest.mark.parametrize("k,s,padding", [(2, 2, "VALID"), (3, 2, "SAME"), (2, 2, "SAME"),
+                                         (3, 1, "VALID")])
+def test_bias_grad_of_a_fused_pool_gradient_is_summed_in_its_pass(k, s, padding, threads,
+                                                                   monkeypatch):
+    rs = np.random.RandomState(k * 7 + s)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [3, 10, 10, 8])
+        bias = tf.placeholder(tf.float32, [8])
+        r = tf.nn.relu(tf.nn.bias_add(x, bias))
+        p = tf.nn.max_pool(r, [1, k, k, 1], [1, s, s, 1], padding)
+        gp = tf.placeholder(tf.float32, p.shape)
+        dx, db = tf.gradients(p, [x, bias], gp)
+    xv = rs.randn(3, 10, 10, 8).astype(np.float32)
+    bv = rs.randn(8).astype(np.float32) * 0.1
+    xv[1, 4, 4, 2] = np.nan  # a NaN under a window: its channel's sum is NaN
+    gv = rs.randn(*p.shape.as_list()).astype(np.float32)
+    sess = tf.Session(graph=g)
+    got_dx, got_db = sess.run([dx, db], {x: xv, bias: bv, gp: gv})
+    types = _step_types(sess)
+    assert "BiasAddGrad" not in types and "_FusedMaxPoolGrad" in types
+    with np.errstate(invalid="ignore"):
+        f = np.maximum(xv.astype(np.float64) + bv, 0)
+        f[np.isnan(xv)] = np.nan
+        want_dx = _pool_ref_grad(f, gv.astype(np.float64), k, s, padding)
+    want_db = want_dx.sum(axis=(0, 1, 2))
+    assert got_db.dtype == np.float32 and got_db.shape == (8,)
+    np.testing.assert_array_equal(np.isnan(got_db), np.isnan(want_db))
+    okb = ~np.isnan(want_db)
+    np.testing.assert_allclose(got_db[okb], want_db[okb], rtol=1e-5, atol=1e-5)
+    ok = ~np.isnan(want_dx)
+    np.testing.assert_allclose(got_dx[ok], want_dx[ok], rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(executor, "FUSE", False)
+    s2 = tf.Session(graph=g)
+    dx2, db2 = s2.run([dx, db], {x: xv, bias: bv, gp: gv})
+    assert "BiasAddGrad" in _step_types(s2)
+    np.testing.assert_array_equal(dx2, got_dx)
+    np.testing.assert_allclose(db2[okb], got_db[okb], rtol=1e-5, atol=1e-6)
