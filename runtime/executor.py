@@ -35,7 +35,8 @@ the Relu that alone reads that; a MatMul whose output only a ReluGrad reads, as 
 a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step, as TensorFlow's grappler
 remapper fuses them; nothing fetched or fed is inside a chain, and a member's failure names
 that member's node. A BiasAddGrad of such a pool gradient's output is summed by that step in
-the same pass (``_bias_into_pool_grads``: a second output). ``FUSE`` (``MGRT_FUSE=0`` in the environment) turns both rewrites off.
+the same pass (``_bias_into_pool_grads``: a second output). ``FUSE`` (``MGRT_FUSE=0`` in the
+environment) turns these rewrites off.
 
 Concurrent pairs: in a plan without control flow that runs CPU convolutions on thread teams,
 two independent convolution steps close to each other (a convolution's input and filter
@@ -398,10 +399,14 @@ class Plan:
                 return program(feed_values)
             except Exception as e:  # noqa: BLE001 - every kernel failure names its node
                 raise self._program_error(e) from None
-        if self._runs >= COMPILE_AFTER >= 0:
-            self._program, self._program_lines = _compile_straight(
-                self._prog, self.feed_slots, self.fetch_slots, self.const_slots)
-            return self._run_straight(feed_values)
+        if self._runs >= COMPILE_AFTER >= 0 and len(self._prog) <= COMPILE_MAX_STEPS:
+            try:
+                self._program, self._program_lines = _compile_straight(
+                    self._prog, self.feed_slots, self.fetch_slots, self.const_slots)
+            except (SyntaxError, MemoryError, RecursionError, ValueError):
+                self._runs = -1 << 62  # the compiler refused it: the loop runs this plan
+            else:
+                return self._run_straight(feed_values)
         self._runs += 1
         values = [None] * self.n_slots
         for s, v in self.const_slots.items():
@@ -452,8 +457,8 @@ def _compile_straight(prog, feed_slots, fetch_slots, const_slots):
     variables (``v<slot>``), so a step costs the kernel call and little else (the loop's
     per-step unpacking and branching is about 0.3 us). Kernels and constants are the
     function's globals (3.11's specialized global loads; closures of thousands of free
-    variables compile in quadratic time). Returns (function, line of the first step - 0):
-    a failure's traceback line gives its step (Plan._program_error)."""
+    variables compile in quadratic time). Returns (function, the line number of its first
+    step): a failure's traceback line gives its step (Plan._program_error)."""
     g = {"_deref": _deref}
     head = ["def program(feeds):"]
     for s, v in const_slots.items():  # folded constants (_fold_constants)
@@ -489,6 +494,8 @@ def _compile_straight(prog, feed_slots, fetch_slots, const_slots):
 # Runs of a plan by the step loop before it is compiled (_compile_straight): a plan run once
 # (an initializer, a save) is not worth compiling (about 20 us a step). Negative: never.
 COMPILE_AFTER = int(os.environ.get("MGRT_COMPILE_AFTER", "1"))
+# Longer plans keep the loop: compiling takes about 20 us a step (a 20,000-step plan 0.4 s).
+COMPILE_MAX_STEPS = 20000
 
 
 class _FusedOp:

@@ -121,3 +121,22 @@ def test_a_python_exception_in_a_kernel_is_an_unknown_error_naming_the_step(monk
             sess.run(total, {x: xv})
     assert "RuntimeError: kernel bug" in str(e.value)
     assert "[[node total (AddN) with input shapes: [2], [2], [2]]]" in str(e.value)
+
+
+@pytest.mark.parametrize("why", ["too long", "refused"])
+def test_a_plan_the_compiler_does_not_take_keeps_running_in_the_loop(why, monkeypatch):
+    if why == "too long":
+        monkeypatch.setattr(executor, "COMPILE_MAX_STEPS", 2)
+    else:
+        def refuse(*args):
+            raise RecursionError("maximum recursion depth exceeded during compilation")
+        monkeypatch.setattr(executor, "_compile_straight", refuse)
+    g, x, w, s, total, *_ = _graph()
+    xv = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with tf.Session(graph=g) as sess:
+        sess.run(w.initializer)
+        for _ in range(4):
+            got = sess.run(total, {x: xv})
+            np.testing.assert_allclose(got, _reference(xv, np.arange(12, dtype=np.float32)
+                                                       .reshape(4, 3) / 10)[1], rtol=1e-6)
+        assert all(p._program is None for p in sess._plans.values())
