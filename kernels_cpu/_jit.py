@@ -41,7 +41,8 @@ def enabled():
 
 _LOOPS = ("maxpool_nhwc", "maxpool_2x2_nhwc", "maxpool_2x2_argmax", "maxpool_2x2_scatter",
           "maxpool_grad_nhwc", "relu_grad", "relu_grad_inplace", "bias_relu", "sgd",
-          "sgd_inplace", "momentum", "momentum_inplace", "sparse_xent", "address")
+          "sgd_inplace", "momentum", "momentum_inplace", "adam", "adam_inplace", "sparse_xent",
+          "address")
 
 
 def _compile():
@@ -222,6 +223,17 @@ def momentum(var, acc, g, lr, mom, nesterov, out_var, out_acc):
         _elementwise("momentum_inplace", (var, acc, g), scalars, 5 * var.nbytes)
     else:
         _elementwise("momentum", (var, acc, g, out_var, out_acc), scalars, 5 * var.nbytes)
+
+
+def adam(var, m, v, g, alpha, omb1, omb2, b1, eps, nesterov, out_var, out_m, out_v):
+    """TF's ApplyAdam of same-shape C-contiguous float32 or float64 arrays (the scalars of
+    their dtype: ``alpha`` the step's learning rate, ``omb1`` = 1 - beta1, ``omb2`` = 1 -
+    beta2) into ``out_var``, ``out_m`` and ``out_v`` (each may be its input), in one pass."""
+    scalars = (alpha, omb1, omb2, b1, eps, nesterov)
+    if out_var is var and out_m is m and out_v is v:
+        _elementwise("adam_inplace", (var, m, v, g), scalars, 7 * var.nbytes)
+    else:
+        _elementwise("adam", (var, m, v, g, out_var, out_m, out_v), scalars, 7 * var.nbytes)
 
 
 def sparse_xent(x, labels):

@@ -298,6 +298,42 @@ def momentum_inplace(v, acc, g, lr, mom, nesterov):
 
 
 @_jit
+def adam(v, m, s, g, out_v, out_m, out_s, alpha, omb1, omb2, b1, eps, nesterov):
+    """TF's ApplyAdam over 1-D arrays (``v`` the variable, ``m`` and ``s`` its moments), each
+    operation rounded as state_ops._adam_to's numpy passes round it: m' = m + (g - m) *
+    (1 - beta1); s' = s + (g * g - s) * (1 - beta2); v' = v - (m' * alpha) / (sqrt(s') + eps),
+    or with Nesterov v - ((g * (1 - beta1) + m' * beta1) * alpha) / (sqrt(s') + eps).
+    Outputs may be the inputs (adam_inplace is the vector form of that case)."""
+    for i in range(v.shape[0]):
+        gi = g[i]
+        mi = m[i] + (gi - m[i]) * omb1
+        si = s[i] + (gi * gi - s[i]) * omb2
+        out_m[i] = mi
+        out_s[i] = si
+        if nesterov:
+            num = (gi * omb1 + mi * b1) * alpha
+        else:
+            num = mi * alpha
+        out_v[i] = v[i] - num / (np.sqrt(si) + eps)
+
+
+@_jit
+def adam_inplace(v, m, s, g, alpha, omb1, omb2, b1, eps, nesterov):
+    """adam with the outputs written over v, m and s."""
+    for i in range(v.shape[0]):
+        gi = g[i]
+        mi = m[i] + (gi - m[i]) * omb1
+        si = s[i] + (gi * gi - s[i]) * omb2
+        m[i] = mi
+        s[i] = si
+        if nesterov:
+            num = (gi * omb1 + mi * b1) * alpha
+        else:
+            num = mi * alpha
+        v[i] = v[i] - num / (np.sqrt(si) + eps)
+
+
+@_jit
 def sparse_xent(x, labels, loss, back, zero):
     """SparseSoftmaxCrossEntropyWithLogits of a C-contiguous (batch, classes) ``x`` with
     in-range ``labels``, as the numpy kernel computes it: per row the maximum (NaN if any

@@ -189,6 +189,7 @@ class _Crew:
             seen, job, threads = self.current  # the latest job (v or a later one)
             if tid < threads:
                 job(tid)
+            job = None  # (a finished job's closure holds its arrays: drop it while waiting)
             if self.spin and not self.waiting:  # the caller polls: done, stored without the
                 v = self.spin.finish_and_wait(f, tid, seen, self.polls)  # GIL, then poll
                 continue
@@ -218,6 +219,9 @@ class _Crew:
                         # without the lock, and does not notify: look again after a while)
                         self.done.wait(0.001)
                     self.waiting = False
+            # every worker of this job has finished it: the crew no longer holds its closure
+            # (whose arrays would not be the store's alone, so not updated in place)
+            self.current = (n, None, threads)
 
     def stop(self):
         with self.cond:

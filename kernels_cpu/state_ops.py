@@ -717,7 +717,15 @@ _JIT_TO = {
     "GradientDescent": lambda a, s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
     "Momentum": lambda a, s, d, h, g: _jit.momentum(s[0], s[1], g, h["lr"], h["momentum"],
                                                     bool(a.get("use_nesterov")), d[0], d[1]),
+    "Adam": lambda a, s, d, h, g: _adam_jit(a, s, d, h, g),
 }
+
+
+def _adam_jit(a, s, d, h, g):
+    one = _one(s[0])  # the scalars as _adam_to computes them
+    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+    _jit.adam(s[0], s[1], s[2], g, alpha, one - h["beta1"], one - h["beta2"], h["beta1"],
+              h["epsilon"], bool(a.get("use_nesterov")), d[0], d[1], d[2])
 # Elements per chunk: the chunks of the variable, its slots, the gradient and the scratch arrays
 # stay in the core's cache between the ops of a chunk (one pass over memory instead of one per op).
 _CHUNK_BYTES = 1 << 18

@@ -376,3 +376,71 @@ def test_momentum_numba_pass_rounds_as_tensorflow(dtype, nesterov, n, shared):
     np.testing.assert_array_equal(got_v, want_v)
     if shared:
         np.testing.assert_array_equal(held[0], v0)
+
+
+# --- ApplyAdam in one numba pass ----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("n,shared", [(300, False), (40000, False), (40000, True),
+                                      (300000, False)])
+def test_adam_numba_pass_rounds_as_the_numpy_passes(dtype, nesterov, n, shared, monkeypatch):
+    """Small variables (new buffers), big ones (in place, or new buffers while a fetched value
+    still holds the old one) and ones big enough to split across the team: each operation
+    rounded as the numpy passes round it (state_ops._adam_to), which a numpy reference of TF's
+    expression checks too."""
+    from mgrt.kernels_cpu import _team
+    from mgrt.runtime.ops import apply_op
+    monkeypatch.setattr(_team, "_FIXED", 2)  # a team, as inside a training plan
+    rs = np.random.RandomState(9)
+    v0 = rs.randn(n).astype(dtype)
+    gs = [rs.randn(n).astype(dtype) for _ in range(3)]
+    results = []
+    import mgrt.kernels_cpu._jit as jmod
+    for table in (dict(state_ops._JIT_TO), {}):
+        monkeypatch.setattr(state_ops, "_JIT_TO", table)
+        g = tf.Graph()
+        with g.as_default():
+            v = tf.Variable(v0)
+            m, s_ = tf.Variable(np.zeros(n, dtype)), tf.Variable(np.zeros(n, dtype))
+            grad = tf.placeholder(dtype, [n])
+            p1, p2 = tf.placeholder(dtype, []), tf.placeholder(dtype, [])
+            hyper = [tf.constant(x, dtype) for x in (0.01, 0.9, 0.99, 1e-7)]
+            upd = apply_op("ApplyAdam", [v, m, s_, p1, p2] + hyper + [grad],
+                           {"use_nesterov": nesterov}).outputs[0]
+            init = tf.global_variables_initializer()
+        sess = tf.Session(graph=g)
+        sess.run(init)
+        calls, real = [], jmod.adam
+
+        def counting(*a):
+            calls.append(a[-3] is a[0])
+            return real(*a)
+        monkeypatch.setattr(jmod, "adam", counting)
+        held = []
+        for k, gv in enumerate(gs):
+            if shared:
+                held.append(sess.run(v))
+            sess.run(upd.op, {grad: gv, p1: dtype(np.float32(0.9)) ** (k + 1),
+                              p2: dtype(np.float32(0.99)) ** (k + 1)})
+        assert len(calls) == (3 if table else 0)
+        if table:
+            assert all(calls) == (n >= 16384 and not shared)
+        results.append(sess.run([v, m, s_]))
+        if shared:
+            np.testing.assert_array_equal(held[0], v0)
+    for jit_value, numpy_value in zip(*results):
+        np.testing.assert_array_equal(jit_value, numpy_value)
+    # TF's expression in numpy, in the variable's dtype
+    one, lr, b1, b2, eps = (dtype(1), dtype(np.float32(0.01)), dtype(np.float32(0.9)),
+                            dtype(np.float32(0.99)), dtype(np.float32(1e-7)))
+    want_v, want_m, want_s = v0.copy(), np.zeros(n, dtype), np.zeros(n, dtype)
+    for k, gv in enumerate(gs):
+        p1, p2 = b1 ** (k + 1), b2 ** (k + 1)
+        alpha = lr * np.sqrt(one - p2) / (one - p1)
+        want_m = want_m + (gv - want_m) * (one - b1)
+        want_s = want_s + (gv * gv - want_s) * (one - b2)
+        num = ((gv * (one - b1) + want_m * b1) * alpha) if nesterov else want_m * alpha
+        want_v = want_v - num / (np.sqrt(want_s) + eps)
+    np.testing.assert_allclose(results[0][1], want_m, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(results[0][2], want_s, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(results[0][0], want_v, rtol=1e-5, atol=1e-6)
