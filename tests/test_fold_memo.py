@@ -57,7 +57,8 @@ def test_a_fetched_value_is_not_folded_and_is_a_new_writable_array_each_run(fold
     assert again is not first
 
 
-def test_a_large_constant_stays_a_step():
+def test_a_large_constant_stays_a_step(monkeypatch):
+    monkeypatch.setattr(executor, "FOLD", True)
     g = tf.Graph()
     with g.as_default():
         x = tf.placeholder(tf.float32, [600, 600], name="x")
