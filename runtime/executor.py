@@ -343,6 +343,16 @@ class Plan:
             d = host if id(t) in fed else placement.output_device(t.op, t.value_index)
             if not d.is_host_memory:
                 self.fetch_devices.append((k, d))
+        # fetches that would hand out an array something else holds (a feed through an
+        # Identity, a folded constant, a variable's buffer read by an Identity or
+        # ReadVariableOp): TensorFlow returns new arrays there, so these are copied (a Ref is
+        # copied by to_host; a fed tensor fetched itself is the feed, in TensorFlow too)
+        feed_set = set(self.feed_slots)
+        on_device = {k for k, _ in self.fetch_devices}
+        self.fetch_copies = tuple(
+            k for k, (t, s) in enumerate(zip(fetch_tensors, self.fetch_slots))
+            if k not in on_device and id(t) not in fed and (
+                s in feed_set or s in self.const_slots or _reads_state(t)))
 
         # --- last uses: free dead values -----------------------------------------------------
         last_use = {}
@@ -390,6 +400,10 @@ class Plan:
         for k, d in self.fetch_devices:
             v = out[k]
             out[k] = d.fetch(v.value if isinstance(v, Ref) else v)
+        for k in self.fetch_copies:
+            v = out[k]
+            if type(v) is np.ndarray:
+                out[k] = v.copy()
         return out
 
     def _run_straight(self, feed_values):
@@ -521,6 +535,20 @@ def _stateful(op):
 # Op types whose kernel returns its input as it is (array_ops._identity).
 _PASS_THROUGH = frozenset(("Identity", "StopGradient", "PreventGradient",
                            "PlaceholderWithDefault"))
+
+
+def _reads_state(t):
+    """Whether tensor ``t`` is, through Identity-like ops, a variable's value as a kernel reads
+    it (an Identity of a ref, a ReadVariableOp): the variable's own buffer."""
+    while True:
+        op = t.op
+        if op.type == "ReadVariableOp":
+            return True
+        if op.type not in _PASS_THROUGH or not op._inputs:
+            return False
+        t = op._inputs[0]
+        if t.dtype.is_ref_dtype:
+            return True
 
 
 def _pass_through(steps, fetch_slots):
@@ -681,7 +709,8 @@ def _memo_shapes(steps, fetched, consts):
     foldable steps of those and constants: a mean's gradient, tf.gradients' shape arithmetic)
     as one step per connected group, placed before the group's first reader: it runs its
     members when the shapes of its inputs differ from the last run's, and otherwise gives the
-    last run's (read-only) values. A group whose inputs come after a reader stays as it is."""
+    last run's (read-only) values, kept when none is larger than FOLD_MAX_BYTES. A group
+    whose inputs come after a reader stays as it is."""
     member = {}  # step index -> group (union-find parent)
     shaped = {}  # slot -> step index of the member writing it
     producer = {}
@@ -781,8 +810,12 @@ def _memo_run(members, roots, consts, outs):
                 raise kernel_registry.FusedMemberError(k, e, args) from None
             vals.update(zip(o, got))
         result = tuple([_read_only(vals[s]) for s in outs])
-        last[0], last[1] = key, result
+        if all(type(v) is np.ndarray and v.nbytes <= FOLD_MAX_BYTES for v in result):
+            last[0], last[1] = key, result
+        else:  # (a value as big as the batch, tf.ones(tf.shape(x)): made anew each run)
+            last[0] = last[1] = None
         return result
+    run.kept = last  # (what the memo holds between runs: for inspection)
     return run
 
 
@@ -1496,9 +1529,9 @@ def _input_is_ref(op):
 
 
 def to_host(value):
-    """A fetched value as numpy (a Ref is read)."""
+    """A fetched value as numpy (a Ref's value is copied: the variable's buffer stays its)."""
     if isinstance(value, Ref):
-        value = value.value
+        return np.array(value.value)
     if isinstance(value, np.ndarray):
         return value
     return np.asarray(value)

@@ -452,6 +452,8 @@ class Session:
                 v = out[i]
                 if type(v) is not np.ndarray:
                     v = executor.to_host(v)
+                elif not v.flags.writeable:  # a Const's value, a view of one: TF gives a new
+                    v = v.copy()             # array the caller may write
                 # TensorFlow returns a scalar as a numpy scalar (bytes for a string)
                 values.append(v[()] if v.ndim == 0 else v)
         return mapper.build(values)

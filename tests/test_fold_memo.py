@@ -170,3 +170,48 @@ def test_shape_of_a_fed_value_fetched_is_writable_and_current(fold):
             np.testing.assert_array_equal(sv, shape)
             assert nv == 2 * int(np.prod(shape))
             sv[0] = 7  # the caller's own array
+
+
+def test_fetched_values_are_new_arrays_where_tensorflow_gives_new_arrays(fold):
+    """As TensorFlow 2.21 measured: a Const's value, a variable's value (and its read), an
+    Identity of a feed are new, writable arrays the caller owns; a fed tensor fetched itself
+    is the feed."""
+    g = tf.Graph()
+    with g.as_default():
+        c = tf.constant([1.0, 2.0])
+        r = tf.reshape(c, [2, 1])
+        v = tf.Variable([1.0, 2.0])
+        rv = tf.get_variable("rv", initializer=tf.constant([3.0, 4.0]), use_resource=True)
+        x = tf.placeholder(tf.float32, [2])
+        ix = tf.identity(x)
+        both = tf.identity(x + 0.0)
+    xv = np.ones(2, np.float32)
+    with tf.Session(graph=g) as sess:
+        sess.run([v.initializer, rv.initializer])
+        for _ in range(2):  # the loop's run, then the compiled plan's
+            got = sess.run([c, r, v, v.read_value(), rv.read_value(), x, ix, both], {x: xv})
+            for a in got:
+                assert a.flags.writeable
+                a[...] = 9.0 if a is not got[5] else a
+            assert got[5] is xv or np.shares_memory(got[5], xv)
+            assert not np.shares_memory(got[6], xv)
+            np.testing.assert_array_equal(sess.run(c), [1.0, 2.0])
+            np.testing.assert_array_equal(sess.run(v), [1.0, 2.0])
+            np.testing.assert_array_equal(sess.run(rv), [3.0, 4.0])
+            np.testing.assert_array_equal(xv, [1.0, 1.0])
+
+
+def test_a_large_shape_derived_value_is_made_anew_each_run(monkeypatch):
+    monkeypatch.setattr(executor, "FOLD", True)
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.placeholder(tf.float32, [None, 600])
+        ones = tf.ones(tf.shape(x))  # Fill(Shape(x), 1): shape-derived, 1.4 MB at 600 rows
+        y = tf.reduce_sum(x * ones, axis=1)
+    with tf.Session(graph=g) as sess:
+        for rows, kept in ((600, False), (600, False), (2, True), (2, True), (600, False)):
+            xv = np.full((rows, 600), 0.5, np.float32)
+            np.testing.assert_array_equal(sess.run(y, {x: xv}), np.full(rows, 300.0))
+            plan = next(iter(sess._plans.values()))
+            memo = next(st for st in plan.steps if st.op.type == "_ShapeMemo")
+            assert (memo.run.kept[1] is not None) == kept

@@ -281,12 +281,13 @@ def test_sgd_numba_pass_rounds_as_tensorflow(dtype, shared):
     g = tf.Graph()
     with g.as_default():
         v = tf.Variable(v0)
+        read = tf.identity(v)  # (before the update in the graph: it runs first)
         grad = tf.placeholder(dtype, [n])
         upd = tf.train.GradientDescentOptimizer(0.1).apply_gradients([(grad, v)])
         init = tf.global_variables_initializer()
     s = tf.Session(graph=g)
     s.run(init)
-    held = s.run(v) if shared else None  # a fetched value keeps the old buffer alive
+    held = None
     calls = []
     real = _jit.sgd
     import mgrt.kernels_cpu._jit as jmod
@@ -296,7 +297,8 @@ def test_sgd_numba_pass_rounds_as_tensorflow(dtype, shared):
         return real(var, gg, alpha, out)
     jmod.sgd = counting
     try:
-        s.run(upd, {grad: gv})
+        # shared: a read of the variable in the same run, fetched, holds the old buffer
+        held = s.run([read, upd], {grad: gv})[0] if shared else s.run(upd, {grad: gv})
     finally:
         jmod.sgd = real
     assert calls and all(calls) != shared
@@ -332,14 +334,16 @@ def test_sgd_without_jit_is_the_same(monkeypatch):
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("n,shared", [(300, False), (40000, False), (40000, True)])
 def test_momentum_numba_pass_rounds_as_tensorflow(dtype, nesterov, n, shared):
-    """Small variables (new buffers) and big ones (in place, or new buffers while a fetched
-    value still holds the old one): each product and sum rounded as TF's expression."""
+    """Small variables (new buffers) and big ones (in place, or new buffers while a read of
+    the variable in the same run still holds the old one): each product and sum rounded as
+    TF's expression."""
     rs = np.random.RandomState(8)
     v0 = rs.randn(n).astype(dtype)
     gs = [rs.randn(n).astype(dtype) for _ in range(3)]
     g = tf.Graph()
     with g.as_default():
         v = tf.Variable(v0)
+        read = tf.identity(v)  # (before the update in the graph: it runs first)
         grad = tf.placeholder(dtype, [n])
         opt = tf.train.MomentumOptimizer(0.05, 0.9, use_nesterov=nesterov)
         upd = opt.apply_gradients([(grad, v)])
@@ -356,10 +360,11 @@ def test_momentum_numba_pass_rounds_as_tensorflow(dtype, nesterov, n, shared):
     jmod.momentum = counting
     try:
         held = []
-        for gv in gs:
+        for gv in gs:  # shared: a read in the same run, fetched, holds the old buffer
             if shared:
-                held.append(s.run(v))
-            s.run(upd, {grad: gv})
+                held.append(s.run([read, upd], {grad: gv})[0])
+            else:
+                s.run(upd, {grad: gv})
     finally:
         jmod.momentum = real
     assert len(calls) == 3 and all(calls) == (n >= 16384 and not shared)
@@ -384,10 +389,10 @@ def test_momentum_numba_pass_rounds_as_tensorflow(dtype, nesterov, n, shared):
 @pytest.mark.parametrize("n,shared", [(300, False), (40000, False), (40000, True),
                                       (300000, False)])
 def test_adam_numba_pass_rounds_as_the_numpy_passes(dtype, nesterov, n, shared, monkeypatch):
-    """Small variables (new buffers), big ones (in place, or new buffers while a fetched value
-    still holds the old one) and ones big enough to split across the team: each operation
-    rounded as the numpy passes round it (state_ops._adam_to), which a numpy reference of TF's
-    expression checks too."""
+    """Small variables (new buffers), big ones (in place, or new buffers while a read of the
+    variable in the same run holds the old one) and ones big enough to split across the
+    team: each operation rounded as the numpy passes round it (state_ops._adam_to), which a
+    numpy reference of TF's expression checks too."""
     from mgrt.kernels_cpu import _team
     from mgrt.runtime.ops import apply_op
     monkeypatch.setattr(_team, "_FIXED", 2)  # a team, as inside a training plan
@@ -401,6 +406,7 @@ def test_adam_numba_pass_rounds_as_the_numpy_passes(dtype, nesterov, n, shared, 
         g = tf.Graph()
         with g.as_default():
             v = tf.Variable(v0)
+            read = tf.identity(v)  # (before the update in the graph: it runs first)
             m, s_ = tf.Variable(np.zeros(n, dtype)), tf.Variable(np.zeros(n, dtype))
             grad = tf.placeholder(dtype, [n])
             p1, p2 = tf.placeholder(dtype, []), tf.placeholder(dtype, [])
@@ -417,11 +423,13 @@ def test_adam_numba_pass_rounds_as_the_numpy_passes(dtype, nesterov, n, shared, 
             return real(*a)
         monkeypatch.setattr(jmod, "adam", counting)
         held = []
-        for k, gv in enumerate(gs):
+        for k, gv in enumerate(gs):  # shared: a read in the same run holds the old buffer
+            feed = {grad: gv, p1: dtype(np.float32(0.9)) ** (k + 1),
+                    p2: dtype(np.float32(0.99)) ** (k + 1)}
             if shared:
-                held.append(sess.run(v))
-            sess.run(upd.op, {grad: gv, p1: dtype(np.float32(0.9)) ** (k + 1),
-                              p2: dtype(np.float32(0.99)) ** (k + 1)})
+                held.append(sess.run([read, upd.op], feed)[0])
+            else:
+                sess.run(upd.op, feed)
         assert len(calls) == (3 if table else 0)
         if table:
             assert all(calls) == (n >= 16384 and not shared)
