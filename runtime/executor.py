@@ -794,12 +794,13 @@ def _memo_shapes(steps, fetched, consts):
 def _memo_run(members, roots, consts, outs):
     """A shape memo step's kernel (_memo_shapes): ``run(*root values)``."""
     runs = [(st.run, st.in_slots, st.out_slots) for st in members]
-    last = [None, None]  # the roots' shapes, the outputs
+    last = [None]  # (the roots' shapes, the outputs), replaced whole (runs in other threads)
 
     def run(*inputs):
         key = tuple([v.shape if type(v) is np.ndarray else None for v in inputs])
-        if key == last[0] and None not in key:
-            return last[1]
+        kept = last[0]
+        if kept is not None and key == kept[0] and None not in key:
+            return kept[1]
         vals = dict(consts)
         vals.update(zip(roots, inputs))
         for k, (r, ins, o) in enumerate(runs):
@@ -811,9 +812,9 @@ def _memo_run(members, roots, consts, outs):
             vals.update(zip(o, got))
         result = tuple([_read_only(vals[s]) for s in outs])
         if all(type(v) is np.ndarray and v.nbytes <= FOLD_MAX_BYTES for v in result):
-            last[0], last[1] = key, result
+            last[0] = (key, result)
         else:  # (a value as big as the batch, tf.ones(tf.shape(x)): made anew each run)
-            last[0] = last[1] = None
+            last[0] = None
         return result
     run.kept = last  # (what the memo holds between runs: for inspection)
     return run

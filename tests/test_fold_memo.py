@@ -214,4 +214,30 @@ def test_a_large_shape_derived_value_is_made_anew_each_run(monkeypatch):
             np.testing.assert_array_equal(sess.run(y, {x: xv}), np.full(rows, 300.0))
             plan = next(iter(sess._plans.values()))
             memo = next(st for st in plan.steps if st.op.type == "_ShapeMemo")
-            assert (memo.run.kept[1] is not None) == kept
+            assert (memo.run.kept[0] is not None) == kept
+
+
+def test_threads_running_one_plan_with_different_shapes_get_their_own_values():
+    import threading
+    g, x, loss, gx = _mean_grad_graph()
+    w = np.array([[1.0], [2.0], [3.0]])
+    errors_seen = []
+    with tf.Session(graph=g) as sess:
+        sess.run(gx, {x: np.ones((2, 3), np.float32)})
+
+        def work(n):
+            rng = np.random.RandomState(n)
+            try:
+                for _ in range(200):
+                    xv = rng.rand(n, 3).astype(np.float32)
+                    gv = sess.run(gx, {x: xv})
+                    h = xv.astype(np.float64) @ w
+                    np.testing.assert_allclose(gv, (2 * h / n) @ w.T, rtol=1e-5)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors_seen.append(e)
+        threads = [threading.Thread(target=work, args=(n,)) for n in (2, 3, 5, 8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors_seen, errors_seen[:1]
