@@ -459,10 +459,15 @@ def _keras_momentum(a, s, h, g):
     return [var, accum]
 
 
+def _adam_alpha(h, one):
+    """Adam's step size: lr * sqrt(1 - beta2^t) / (1 - beta1^t), in the variable's dtype."""
+    return h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+
+
 def _adam(a, s, h, g):
     var, m, v = s
     one = _one(var)
-    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+    alpha = _adam_alpha(h, one)
     b1, b2, eps = h["beta1"], h["beta2"], h["epsilon"]
     m = m + (g - m) * (one - b1)
     v = v + (np.square(g) - v) * (one - b2)
@@ -476,7 +481,7 @@ def _adam(a, s, h, g):
 def _adam_amsgrad(a, s, h, g):
     var, m, v, vhat = s
     one = _one(var)
-    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+    alpha = _adam_alpha(h, one)
     m = m + (g - m) * (one - h["beta1"])
     v = v + (np.square(g) - v) * (one - h["beta2"])
     vhat = np.maximum(vhat, v)
@@ -643,7 +648,7 @@ def _keras_momentum_to(a, s, d, h, g, t):
 
 def _adam_to(a, s, d, h, g, t):
     one = _one(s[0])
-    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
+    alpha = _adam_alpha(h, one)
     b1, b2, eps = h["beta1"], h["beta2"], h["epsilon"]
     m, v, t0, t1 = d[1], d[2], t[0], t[1]
     np.subtract(g, s[1], out=t0)  # m + (g - m) * (1 - beta1)
@@ -713,19 +718,22 @@ _TO = {
 # float64 and C-contiguous: ``fn(attrs, s, d, h, g)``, the same roundings as above. They serve
 # small variables too (into new buffers): one call instead of a numpy expression per operation.
 _JIT_DT = (np.dtype(np.float32), np.dtype(np.float64))
-_JIT_TO = {
-    "GradientDescent": lambda a, s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
-    "Momentum": lambda a, s, d, h, g: _jit.momentum(s[0], s[1], g, h["lr"], h["momentum"],
-                                                    bool(a.get("use_nesterov")), d[0], d[1]),
-    "Adam": lambda a, s, d, h, g: _adam_jit(a, s, d, h, g),
-}
 
 
 def _adam_jit(a, s, d, h, g):
     one = _one(s[0])  # the scalars as _adam_to computes them
-    alpha = h["lr"] * np.sqrt(one - h["beta2_power"]) / (one - h["beta1_power"])
-    _jit.adam(s[0], s[1], s[2], g, alpha, one - h["beta1"], one - h["beta2"], h["beta1"],
-              h["epsilon"], bool(a.get("use_nesterov")), d[0], d[1], d[2])
+    _jit.adam(s[0], s[1], s[2], g, _adam_alpha(h, one), one - h["beta1"], one - h["beta2"],
+              h["beta1"], h["epsilon"], bool(a.get("use_nesterov")), d[0], d[1], d[2])
+
+
+_JIT_TO = {
+    "GradientDescent": lambda a, s, d, h, g: _jit.sgd(s[0], g, h["alpha"], d[0]),
+    "Momentum": lambda a, s, d, h, g: _jit.momentum(s[0], s[1], g, h["lr"], h["momentum"],
+                                                    bool(a.get("use_nesterov")), d[0], d[1]),
+    "Adam": _adam_jit,
+}
+
+
 # Elements per chunk: the chunks of the variable, its slots, the gradient and the scratch arrays
 # stay in the core's cache between the ops of a chunk (one pass over memory instead of one per op).
 _CHUNK_BYTES = 1 << 18

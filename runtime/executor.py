@@ -344,15 +344,15 @@ class Plan:
             if not d.is_host_memory:
                 self.fetch_devices.append((k, d))
         # fetches that would hand out an array something else holds (a feed through an
-        # Identity, a folded constant, a variable's buffer read by an Identity or
-        # ReadVariableOp): TensorFlow returns new arrays there, so these are copied (a Ref is
-        # copied by to_host; a fed tensor fetched itself is the feed, in TensorFlow too)
+        # Identity, a variable's buffer read by an Identity or ReadVariableOp): TensorFlow
+        # returns new arrays there, so these are copied (a Ref is copied by to_host, a
+        # read-only array by Session; a fed tensor fetched itself is the feed, in TF too;
+        # nothing fetched is folded)
         feed_set = set(self.feed_slots)
         on_device = {k for k, _ in self.fetch_devices}
         self.fetch_copies = tuple(
             k for k, (t, s) in enumerate(zip(fetch_tensors, self.fetch_slots))
-            if k not in on_device and id(t) not in fed and (
-                s in feed_set or s in self.const_slots or _reads_state(t)))
+            if k not in on_device and id(t) not in fed and (s in feed_set or _reads_state(t)))
 
         # --- last uses: free dead values -----------------------------------------------------
         last_use = {}
