@@ -47,6 +47,7 @@ turns this off.
 
 import operator
 import os
+import re
 import time
 
 import numpy as np
@@ -501,8 +502,17 @@ def _compile_straight(prog, feed_slots, fetch_slots, const_slots):
         lines.append("    " + line)
     tail = ["    return [" + ", ".join(f"v{s}" for s in fetch_slots) + "]"]
     src = "\n".join(head + lines + tail) + "\n"
+    # Model files stay data: the source holds only names made here (v<slot>, r<step>, ...)
+    # and integers, never a string from the graph; the objects are bound as globals. Checked:
+    if not _PROGRAM_SOURCE.fullmatch(src):
+        raise ValueError("a plan's program source holds characters it never should")
     exec(compile(src, "<mgrt plan>", "exec"), g)
     return g["program"], len(head) + 1
+
+
+# What a compiled plan's source may hold: names, integers, whitespace and = ( ) [ ] , : ; *
+# (no quotes, dots or operators: no literal, attribute or expression from anywhere else).
+_PROGRAM_SOURCE = re.compile(r"[A-Za-z0-9_\s=()\[\],:;*]*")
 
 
 # Runs of a plan by the step loop before it is compiled (_compile_straight): a plan run once

@@ -143,3 +143,21 @@ def test_a_plan_the_compiler_does_not_take_keeps_running_in_the_loop(why, monkey
         plan = next(p for p in sess._plans.values()
                     if any(step[-1].op.name == "total" for step in p._prog))
         assert plan._program is None and len(plan._prog) > 2
+
+
+def test_a_compiled_program_holds_only_names_and_integers(monkeypatch):
+    """Model files stay data: node names never reach the generated source (a ref read's
+    positions are its only literal), and a source with anything else is refused."""
+    monkeypatch.setattr(executor, "COMPILE_AFTER", 0)
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.Variable(tf.zeros([2]), name="v.with-odd/chars")
+        y = tf.add(v, 1.0, name="y.and>more")
+    with tf.Session(graph=g) as sess:
+        sess.run(v.initializer)
+        np.testing.assert_array_equal(sess.run(y), [1.0, 1.0])
+        plan = next(p for p in sess._plans.values() if any(st.deref for st in p.steps))
+        assert plan._program is not None  # compiled: its source passed the check
+    assert executor._PROGRAM_SOURCE.fullmatch("def program(feeds):\n    v1 = r0(v0)[0]\n")
+    assert not executor._PROGRAM_SOURCE.fullmatch("    v1 = r0('x')\n")
+    assert not executor._PROGRAM_SOURCE.fullmatch("    v1 = os.system(v0)\n")
