@@ -48,11 +48,11 @@ import threading
 
 import numpy as np
 
-from mgrt.kernels_cpu import _jit
+from mgrt.kernels_cpu import _blas, _jit, _team
 from mgrt.kernels_cpu.array_ops import _slice_debug_string
 from mgrt.runtime import dtypes, errors
 from mgrt.runtime.executor import Ref
-from mgrt.runtime.kernel_registry import register
+from mgrt.runtime.kernel_registry import FusedMemberError, register
 
 
 def _var_key(node):
@@ -1019,9 +1019,67 @@ def _make_apply(family, resource):
                     update(holders, rest, grad, [False] * n_state)
             return () if resource else (holders[0],)
 
+        if family == "GradientDescent" and _blas.available(np.float32):
+            run.with_gemm = lambda mm_node, mm_run: _sgd_gemm(run, mm_node, mm_run, resource,
+                                                              use_locking, guard)
         return run
 
     return builder
+
+
+# A variable this big (elements) or bigger takes its gradient-descent update inside the product
+# that computes its gradient (_sgd_gemm); for smaller ones the ctypes call (~15 us) costs more
+# than the pass it saves (measured: even at 256x256).
+_GEMM_MIN = 65536
+
+
+def _sgd_gemm(run, mm_node, mm_run, resource, use_locking, guard):
+    """The kernel of an (Resource)ApplyGradientDescent fused with the MatMul whose product,
+    the gradient, only it reads (runtime/executor.py ``_sgd_into_gemm``), for inputs (var,
+    alpha, a, b): where the variable's buffer may be written in place (the store holds it
+    alone, no other run in flight, ``_sole`` / ``_enter_in_place``) and BLAS serves the
+    operands (kernels_cpu/_blas.py), one BLAS call ``var += (-alpha) * (op(a) @ op(b))`` with
+    beta = 1: no gradient array is written and read back, no second pass over the variable.
+    Its rounding: BLAS adds ``-alpha`` times each float32 sum to the variable in one step
+    where TensorFlow rounds the gradient, then ``gradient * alpha``, then the difference (at
+    most an ulp or so of the variable; the sums' order already differs from TensorFlow's
+    GEMM). Otherwise the MatMul, then the update, as unfused; a failure names its member."""
+    ta = bool(mm_node.attr("transpose_a", False))
+    tb = bool(mm_node.attr("transpose_b", False))
+
+    def in_place(var_in, alpha, a, b):
+        if type(alpha) is not np.ndarray or alpha.shape != () or type(a) is not np.ndarray \
+                or type(b) is not np.ndarray:
+            return False
+        with _locked(var_in, use_locking):
+            if not _enter_in_place(guard):
+                return False
+            try:
+                # before any local name holds the buffer: whether only the store holds it
+                if not _sole_all([var_in], resource)[0]:
+                    return False
+                var = _read_apply([var_in], resource)[0]
+                if var.size < _GEMM_MIN or alpha.dtype != var.dtype:
+                    return False
+                return _blas.gemm_update(var, a.T if ta else a, b.T if tb else b,
+                                         -float(alpha), _team.team_size())
+            finally:
+                if guard is not None:
+                    guard.lock.release()
+
+    def fused(var_in, alpha, a, b):
+        if in_place(var_in, alpha, a, b):
+            return () if resource else (var_in,)
+        try:
+            (g,) = mm_run(a, b)
+        except Exception as e:  # noqa: BLE001 - named after the MatMul node
+            raise FusedMemberError(0, e, (a, b)) from None
+        try:
+            return run(var_in, alpha, g)
+        except Exception as e:  # noqa: BLE001 - named after the update's node
+            raise FusedMemberError(1, e, (var_in, alpha, g)) from None
+
+    return fused
 
 
 def _occurrence_rounds(idx):

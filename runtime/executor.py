@@ -35,8 +35,11 @@ the Relu that alone reads that; a MatMul whose output only a ReluGrad reads, as 
 a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step, as TensorFlow's grappler
 remapper fuses them; nothing fetched or fed is inside a chain, and a member's failure names
 that member's node. A BiasAddGrad of such a pool gradient's output is summed by that step in
-the same pass (``_bias_into_pool_grads``: a second output). ``FUSE`` (``MGRT_FUSE=0`` in the
-environment) turns these rewrites off.
+the same pass (``_bias_into_pool_grads``: a second output). A gradient-descent update of a
+MatMul's product that only it reads is one step with that MatMul, at the update's position:
+for a big variable it may write in place, one BLAS call adds ``-alpha`` times the product to
+it (``_sgd_into_gemm``; kernels_cpu/state_ops.py ``_sgd_gemm``). ``FUSE`` (``MGRT_FUSE=0`` in
+the environment) turns these rewrites off.
 
 Concurrent pairs: in a plan without control flow that runs CPU convolutions on thread teams,
 two independent convolution steps close to each other (a convolution's input and filter
@@ -321,6 +324,8 @@ class Plan:
         if FUSE and not self.has_control_flow:
             steps = _fuse(steps, built, set(self.fetch_slots))
             steps = _bias_into_pool_grads(steps, built)
+            steps = _sgd_into_gemm(steps, built, set(self.fetch_slots) | set(self.feed_slots),
+                                   self.const_slots)
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
@@ -864,6 +869,52 @@ def _bias_into_pool_grads(steps, built):
         m.n_out = 2
         replaced[i] = m
         removed.add(j)
+    if not replaced:
+        return steps
+    return [replaced.get(i, st) for i, st in enumerate(steps) if i not in removed]
+
+
+def _sgd_into_gemm(steps, built, fetched, consts):
+    """``steps`` with each (Resource)ApplyGradientDescent whose gradient is a MatMul's product
+    that only it reads (not fetched, fed or folded; the MatMul on the same device, reading no
+    ref) done with that MatMul as one step, at the update's position (the MatMul's inputs
+    are ready there; the variable is written where it was): its kernel's ``with_gemm`` adds
+    ``-alpha`` times the product to the variable's buffer in one BLAS call where it may
+    (kernels_cpu/state_ops.py ``_sgd_gemm``)."""
+    producer, readers = {}, {}
+    for i, st in enumerate(steps):
+        for s in st.in_slots:
+            readers[s] = readers.get(s, 0) + 1
+        if st.n_out == 1 and st.out_slots[0] >= 0:
+            producer[st.out_slots[0]] = i
+    replaced, removed = {}, set()
+    for j, st in enumerate(steps):
+        make = getattr(st.run, "with_gemm", None)
+        if make is None or len(st.in_slots) != 3 or id(st) not in built:
+            continue
+        s = st.in_slots[2]
+        i = producer.get(s)
+        if i is None or s in fetched or s in consts or readers.get(s) != 1 or i in removed:
+            continue
+        mm = steps[i]
+        if (mm.op.type != "MatMul" or mm.deref or id(mm) not in built or mm.device is not st.device
+                or len(mm.in_slots) != 2 or 2 in st.deref):
+            continue
+        run = make(built[id(mm)][0], mm.run)
+        if run is None:
+            continue
+        f = _Step()
+        f.op = _FusedOp([mm.op, st.op])
+        f.op.type = "_FusedMatMulApply"
+        f.op._inputs = list(st.op._inputs[:2]) + list(mm.op._inputs)
+        f.device = st.device
+        f.run = run
+        f.in_slots = list(st.in_slots[:2]) + list(mm.in_slots)
+        f.deref = st.deref
+        f.out_slots = list(st.out_slots)
+        f.n_out = st.n_out
+        replaced[j] = f
+        removed.add(i)
     if not replaced:
         return steps
     return [replaced.get(i, st) for i, st in enumerate(steps) if i not in removed]
