@@ -397,17 +397,23 @@ def mgrt_step_plan(runner):
 
 
 def mgrt_plan_types(runner):
-    """{op type: count} of the kernel steps of the plan mgrt runs for the runner's fetches
-    (internal; None where the Session's internals differ)."""
+    """(kernel steps, {op type: count of its nodes}) of the plan mgrt runs for the runner's
+    fetches: a _Concurrent pair is two steps; a fused step is one step and counts its member
+    nodes' types (internal; (None, None) where the Session's internals differ)."""
     try:
         plan, _ = mgrt_step_plan(runner)
-        types = {}
-        for st in plan.steps:  # a _Concurrent pair counts as its two members
-            for op in (st.op.members if st.op.type == "_Concurrent" else [st.op]):
+        types, n_steps = {}, 0
+        for st in plan.steps:
+            pair = st.op.type == "_Concurrent"
+            n_steps += len(st.op.members) if pair else 1
+            ops = [st.op]
+            while any(getattr(op, "members", None) for op in ops):
+                ops = [m for op in ops for m in (getattr(op, "members", None) or [op])]
+            for op in ops:
                 types[op.type] = types.get(op.type, 0) + 1
-        return dict(sorted(types.items(), key=lambda kv: (-kv[1], kv[0])))
+        return n_steps, dict(sorted(types.items(), key=lambda kv: (-kv[1], kv[0])))
     except Exception:
-        return None
+        return None, None
 
 
 # --- load of the machine ------------------------------------------------------------------------
@@ -794,8 +800,7 @@ def run_bench(name, spec, tf, graph_files, init_values, tf_check, args):
                 row["tf_no_grappler_executed_nodes"] = runners["tf_no_grappler"].executed_nodes(tf)
         except Exception as e:  # noqa: BLE001
             row["tf_executed_nodes"] = f"n/a ({e})"
-    types = mgrt_plan_types(runners["mgrt"])
-    row["mgrt_plan_steps"] = sum(types.values()) if types else None
+    row["mgrt_plan_steps"], types = mgrt_plan_types(runners["mgrt"])
     row["mgrt_plan_op_types"] = types
 
     # --- timing
@@ -918,7 +923,8 @@ def markdown(results):
         lines.append("Nodes one step executes: mgrt's plan (kernel steps) and TensorFlow's "
                      "(FULL_TRACE step stats, after grappler: fused MatMul+BiasAdd+ReLU and "
                      "Conv2D+BiasAdd+ReLU, pruned dead ends). Heavy op types: "
-                     "MatMul / Conv2DBackpropInput.")
+                     "MatMul / Conv2DBackpropInput (mgrt: the members of its fused steps; TF: "
+                     "node types containing the name).")
         lines.append("")
         lines.append("| benchmark | mgrt steps | TF nodes | mgrt MatMul | TF MatMul (incl. fused) "
                      "| mgrt Conv2DBackpropInput | TF Conv2DBackpropInput |")
