@@ -1,10 +1,11 @@
 """BLAS's general matrix product with its ``beta``: ``C = alpha * op(A) @ op(B) + C``, written
 into ``C`` in place, which numpy's matmul cannot do (it always writes a new product).
 
-The executor folds a plain gradient-descent update of a variable into the product that
-computes its gradient (runtime/executor.py ``_sgd_into_gemm``): ``var -= lr * (x^T @ dy)``
-becomes one BLAS call with ``alpha = -lr``, ``beta = 1``, ``C = var`` (no gradient array
-written and read again, no second pass over the variable).
+The executor folds a gradient-descent or momentum update of a variable into the product that
+computes its gradient (runtime/executor.py ``_updates_into_gemm``): ``var -= lr * (x^T @ dy)``
+becomes one BLAS call with ``alpha = -lr``, ``beta = 1``, ``C = var``, and momentum's
+``accum = accum * momentum + x^T @ dy`` one with ``beta = momentum``, ``C = accum`` (no
+gradient array written and read back).
 
 The library is the OpenBLAS that numpy itself loaded (found through threadpoolctl, which
 mgrt already uses to size BLAS's threads), called through ctypes (which releases the GIL):
@@ -82,15 +83,16 @@ def _operand(x):
     return None
 
 
-def gemm_update(c, a, b, alpha, threads=1):
-    """``c += alpha * (a @ b)`` in place by BLAS (``threads`` > 1: the rows in that many
+def gemm_update(c, a, b, alpha, threads=1, beta=1.0):
+    """``c = beta * c + alpha * (a @ b)`` in place by BLAS (``beta`` not 0: BLAS would not
+    read ``c``, and a NaN in it would not stay NaN) (``threads`` > 1: the rows in that many
     blocks, one single-threaded BLAS call each on a team, for a plan that holds BLAS at one
     thread: kernels_cpu/_team.py). ``c`` a C-contiguous writeable 2-D array of a served
     dtype; ``a`` (M x K) and ``b`` (K x N) 2-D arrays of its dtype, C- or F-contiguous (a
     transposed view is read as it lies), not overlapping ``c``; ``alpha`` a Python float.
     Returns False (nothing done) where any of that does not hold."""
     fn = _functions().get(c.dtype)
-    if (fn is None or type(c) is not np.ndarray or type(a) is not np.ndarray
+    if (fn is None or beta == 0 or type(c) is not np.ndarray or type(a) is not np.ndarray
             or type(b) is not np.ndarray or a.dtype != c.dtype or b.dtype != c.dtype
             or c.ndim != 2 or a.ndim != 2 or b.ndim != 2 or not c.flags.c_contiguous
             or not c.flags.writeable):
@@ -109,7 +111,7 @@ def gemm_update(c, a, b, alpha, threads=1):
     a_row = lda * size if ta == _NO_TRANS else size  # bytes from one row of op(a) to the next
 
     def rows(r0, r1):
-        fn(_ROW_MAJOR, ta, tb, r1 - r0, n, k, alpha, pa + r0 * a_row, lda, pb, ldb, 1.0,
+        fn(_ROW_MAJOR, ta, tb, r1 - r0, n, k, alpha, pa + r0 * a_row, lda, pb, ldb, beta,
            pc + r0 * n * size, n)
 
     if threads > 1 and m >= 4 * threads:

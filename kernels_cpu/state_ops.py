@@ -1019,65 +1019,99 @@ def _make_apply(family, resource):
                     update(holders, rest, grad, [False] * n_state)
             return () if resource else (holders[0],)
 
-        if family == "GradientDescent" and _blas.available(np.float32):
-            run.with_gemm = lambda mm_node, mm_run: _sgd_gemm(run, mm_node, mm_run, resource,
-                                                              use_locking, guard)
+        if family in _GEMM_FAMILIES and _blas.available(np.float32):
+            run.with_gemm = lambda mm_node, mm_run: _gemm_apply(
+                family, run, mm_node, mm_run, resource, attrs, guard)
+            run.gemm_grad_at = g_at
         return run
 
     return builder
 
 
-# A variable this big (elements) or bigger takes its gradient-descent update inside the product
-# that computes its gradient (_sgd_gemm); for smaller ones the ctypes call (~15 us) costs more
-# than the pass it saves (measured: even at 256x256).
+# A variable this big (elements) or bigger takes its update inside the product that computes
+# its gradient (_gemm_apply); for smaller ones the ctypes call (~15 us) costs more than the
+# pass it saves (measured: even at 256x256).
 _GEMM_MIN = 65536
+_GEMM_FAMILIES = ("GradientDescent", "Momentum")
 
 
-def _sgd_gemm(run, mm_node, mm_run, resource, use_locking, guard):
-    """The kernel of an (Resource)ApplyGradientDescent fused with the MatMul whose product,
-    the gradient, only it reads (runtime/executor.py ``_sgd_into_gemm``), for inputs (var,
-    alpha, a, b): where the variable's buffer may be written in place (the store holds it
-    alone, no other run in flight, ``_sole`` / ``_enter_in_place``) and BLAS serves the
-    operands (kernels_cpu/_blas.py), one BLAS call ``var += (-alpha) * (op(a) @ op(b))`` with
-    beta = 1: no gradient array is written and read back, no second pass over the variable.
-    Its rounding: BLAS adds ``-alpha`` times each float32 sum to the variable in one step
-    where TensorFlow rounds the gradient, then ``gradient * alpha``, then the difference (at
-    most an ulp or so of the variable; the sums' order already differs from TensorFlow's
+def _gemm_apply(family, run, mm_node, mm_run, resource, attrs, guard):
+    """The kernel of an (Resource)ApplyGradientDescent or ApplyMomentum fused with the
+    MatMul whose product, the gradient, only it reads (runtime/executor.py
+    ``_updates_into_gemm``), for the update's inputs without the gradient, then the MatMul's
+    (a, b). Where the buffers may be written in place (the store holds them alone, no other
+    run in flight: ``_sole`` / ``_enter_in_place``) and BLAS serves the operands
+    (kernels_cpu/_blas.py), the product is never written alone:
+
+    - gradient descent, one BLAS call: ``var = var + (-alpha) * (op(a) @ op(b))``;
+    - momentum (not Nesterov, momentum not 0): ``accum = accum * momentum + op(a) @ op(b)``
+      by BLAS (beta = momentum), then ``var - accum * lr`` in one numba pass, TF's rounding.
+
+    The roundings: BLAS adds each float32 sum to the scaled buffer in one step, where
+    TensorFlow first rounds the gradient (and gradient descent's ``gradient * alpha``): at
+    most an ulp or so of the result apart (the sums' order already differs from TensorFlow's
     GEMM). Otherwise the MatMul, then the update, as unfused; a failure names its member."""
     ta = bool(mm_node.attr("transpose_a", False))
     tb = bool(mm_node.attr("transpose_b", False))
+    g_at = run.gemm_grad_at
+    use_locking = bool(attrs.get("use_locking", False))
+    sgd = family == "GradientDescent"
+    if not sgd and (attrs.get("use_nesterov") or not _jit.enabled()):
+        return None  # (Nesterov's update reads the gradient again)
+    n_state = 1 if sgd else 2
 
-    def in_place(var_in, alpha, a, b):
-        if type(alpha) is not np.ndarray or alpha.shape != () or type(a) is not np.ndarray \
-                or type(b) is not np.ndarray:
+    def scalar(x, dtype):
+        return type(x) is np.ndarray and x.shape == () and x.dtype == dtype
+
+    def in_place(inputs, a, b):
+        holders = inputs[:n_state]
+        if type(a) is not np.ndarray or type(b) is not np.ndarray:
             return False
-        with _locked(var_in, use_locking):
+        aa, bb = (a.T if ta else a), (b.T if tb else b)
+        with _locked(holders[0], use_locking):
             if not _enter_in_place(guard):
                 return False
             try:
-                # before any local name holds the buffer: whether only the store holds it
-                if not _sole_all([var_in], resource)[0]:
+                # before any local name holds the buffers: whether only the store holds them
+                if not all(_sole_all(holders, resource)):
                     return False
-                var = _read_apply([var_in], resource)[0]
-                if var.size < _GEMM_MIN or alpha.dtype != var.dtype:
+                cur = _read_apply(holders, resource)
+                var = cur[0]
+                dt = var.dtype
+                if var.size < _GEMM_MIN:
                     return False
-                return _blas.gemm_update(var, a.T if ta else a, b.T if tb else b,
-                                         -float(alpha), _team.team_size())
+                if sgd:
+                    alpha = inputs[1]
+                    return scalar(alpha, dt) and _blas.gemm_update(
+                        var, aa, bb, -float(alpha), _team.team_size())
+                acc, lr, mom = cur[1], inputs[2], inputs[3]
+                if not (scalar(lr, dt) and scalar(mom, dt) and float(mom) != 0
+                        and acc.shape == var.shape and acc.dtype == dt and dt in _JIT_DT
+                        and var.flags.c_contiguous):
+                    return False
+                if not _blas.gemm_update(acc, aa, bb, 1.0, _team.team_size(),
+                                         beta=float(mom)):
+                    return False
+                _jit.sgd(var, acc, lr[()], var)  # var - accum * lr
+                return True
             finally:
                 if guard is not None:
                     guard.lock.release()
 
-    def fused(var_in, alpha, a, b):
-        if in_place(var_in, alpha, a, b):
-            return () if resource else (var_in,)
+    def fused(*inputs):
+        a, b = inputs[-2:]
+        rest = inputs[:-2]
+        if in_place(rest, a, b):
+            return () if resource else (rest[0],)
         try:
             (g,) = mm_run(a, b)
         except Exception as e:  # noqa: BLE001 - named after the MatMul node
             raise FusedMemberError(0, e, (a, b)) from None
+        args = rest[:g_at] + (g,) + rest[g_at:]
         try:
-            return run(var_in, alpha, g)
+            return run(*args)
         except Exception as e:  # noqa: BLE001 - named after the update's node
-            raise FusedMemberError(1, e, (var_in, alpha, g)) from None
+            raise FusedMemberError(1, e, args) from None
 
     return fused
 

@@ -35,11 +35,11 @@ the Relu that alone reads that; a MatMul whose output only a ReluGrad reads, as 
 a MaxPoolGrad and the ReluGrad that alone reads it) runs as one step, as TensorFlow's grappler
 remapper fuses them; nothing fetched or fed is inside a chain, and a member's failure names
 that member's node. A BiasAddGrad of such a pool gradient's output is summed by that step in
-the same pass (``_bias_into_pool_grads``: a second output). A gradient-descent update of a
-MatMul's product that only it reads is one step with that MatMul, at the update's position:
-for a big variable it may write in place, one BLAS call adds ``-alpha`` times the product to
-it (``_sgd_into_gemm``; kernels_cpu/state_ops.py ``_sgd_gemm``). ``FUSE`` (``MGRT_FUSE=0`` in
-the environment) turns these rewrites off.
+the same pass (``_bias_into_pool_grads``: a second output). A gradient-descent or momentum
+update of a MatMul's product that only it reads is one step with that MatMul, at the update's
+position: for a big variable it may write in place, BLAS adds the product to the variable's
+(or the accumulator's) buffer (``_updates_into_gemm``; kernels_cpu/state_ops.py
+``_gemm_apply``). ``FUSE`` (``MGRT_FUSE=0`` in the environment) turns these rewrites off.
 
 Concurrent pairs: in a plan without control flow that runs CPU convolutions on thread teams,
 two independent convolution steps close to each other (a convolution's input and filter
@@ -324,8 +324,8 @@ class Plan:
         if FUSE and not self.has_control_flow:
             steps = _fuse(steps, built, set(self.fetch_slots))
             steps = _bias_into_pool_grads(steps, built)
-            steps = _sgd_into_gemm(steps, built, set(self.fetch_slots) | set(self.feed_slots),
-                                   self.const_slots)
+            steps = _updates_into_gemm(
+                steps, built, set(self.fetch_slots) | set(self.feed_slots) | set(self.const_slots))
         # CPU kernels that run on thread teams (kernels_cpu/_team.py): the run holds BLAS at
         # one thread, so that no spinning BLAS thread shares a core with a team thread.
         self._team_hold = any(st.op.type in _team.TEAM_OPS
@@ -874,13 +874,15 @@ def _bias_into_pool_grads(steps, built):
     return [replaced.get(i, st) for i, st in enumerate(steps) if i not in removed]
 
 
-def _sgd_into_gemm(steps, built, fetched, consts):
-    """``steps`` with each (Resource)ApplyGradientDescent whose gradient is a MatMul's product
-    that only it reads (not fetched, fed or folded; the MatMul on the same device, reading no
-    ref) done with that MatMul as one step, at the update's position (the MatMul's inputs
-    are ready there; the variable is written where it was): its kernel's ``with_gemm`` adds
-    ``-alpha`` times the product to the variable's buffer in one BLAS call where it may
-    (kernels_cpu/state_ops.py ``_sgd_gemm``)."""
+def _updates_into_gemm(steps, built, fetched):
+    """``steps`` with each optimizer update whose kernel offers ``with_gemm`` (ApplyGradient-
+    Descent, ApplyMomentum, their resource forms) and whose gradient is a MatMul's product that
+    only it reads (not fetched, fed or folded; the MatMul on the same device, reading no ref)
+    done with that MatMul as one step, at the update's position (the MatMul's inputs are
+    ready there; the variable is written where it was). The step's inputs are the update's
+    without the gradient, then the MatMul's; where it may, its kernel adds the product to the
+    variable's (or the accumulator's) buffer inside BLAS (kernels_cpu/state_ops.py
+    ``_gemm_apply``)."""
     producer, readers = {}, {}
     for i, st in enumerate(steps):
         for s in st.in_slots:
@@ -890,15 +892,16 @@ def _sgd_into_gemm(steps, built, fetched, consts):
     replaced, removed = {}, set()
     for j, st in enumerate(steps):
         make = getattr(st.run, "with_gemm", None)
-        if make is None or len(st.in_slots) != 3 or id(st) not in built:
+        if make is None or id(st) not in built:
             continue
-        s = st.in_slots[2]
+        g_at = st.run.gemm_grad_at
+        s = st.in_slots[g_at]
         i = producer.get(s)
-        if i is None or s in fetched or s in consts or readers.get(s) != 1 or i in removed:
+        if i is None or s in fetched or readers.get(s) != 1 or i in removed or g_at in st.deref:
             continue
         mm = steps[i]
         if (mm.op.type != "MatMul" or mm.deref or id(mm) not in built or mm.device is not st.device
-                or len(mm.in_slots) != 2 or 2 in st.deref):
+                or len(mm.in_slots) != 2):
             continue
         run = make(built[id(mm)][0], mm.run)
         if run is None:
@@ -906,11 +909,12 @@ def _sgd_into_gemm(steps, built, fetched, consts):
         f = _Step()
         f.op = _FusedOp([mm.op, st.op])
         f.op.type = "_FusedMatMulApply"
-        f.op._inputs = list(st.op._inputs[:2]) + list(mm.op._inputs)
+        others = [t for k, t in enumerate(st.op._inputs) if k != g_at]
+        f.op._inputs = others + list(mm.op._inputs)
         f.device = st.device
         f.run = run
-        f.in_slots = list(st.in_slots[:2]) + list(mm.in_slots)
-        f.deref = st.deref
+        f.in_slots = [x for k, x in enumerate(st.in_slots) if k != g_at] + list(mm.in_slots)
+        f.deref = tuple(k if k < g_at else k - 1 for k in st.deref)
         f.out_slots = list(st.out_slots)
         f.n_out = st.n_out
         replaced[j] = f

@@ -1,12 +1,15 @@
-"""Gradient descent inside the gradient's product (runtime/executor.py ``_sgd_into_gemm``,
-kernels_cpu/state_ops.py ``_sgd_gemm``, kernels_cpu/_blas.py): an ApplyGradientDescent (ref
-or resource) of a MatMul's product that only it reads is one step, and for a variable of
-65,536 elements or more whose buffer may be written in place, one BLAS call with beta = 1.
+"""Optimizer updates inside the gradient's product (runtime/executor.py
+``_updates_into_gemm``, kernels_cpu/state_ops.py ``_gemm_apply``, kernels_cpu/_blas.py): an
+ApplyGradientDescent or ApplyMomentum (ref or resource) of a MatMul's product that only it
+reads is one step; for a variable of 65,536 elements or more whose buffers may be written in
+place, BLAS adds the product to the variable (beta = 1) or to momentum's accumulator (beta =
+momentum, then one pass for the variable).
 
-Checked against TensorFlow's training of an MLP (tests/fixtures/make_sgd_gemm.py), against
-float64 numpy over the operand layouts, dtypes and variable kinds, for the fallbacks (a small
-variable, a buffer something else still holds, no BLAS, a fetched or shared gradient) and for
-errors that name the member node that failed with the variable left as it was."""
+Checked against TensorFlow's training of an MLP with each optimizer
+(tests/fixtures/make_updates_in_gemm.py), against float64 numpy over the operand layouts,
+dtypes, variable kinds and locking, for the fallbacks (a small variable, a buffer something
+else still holds, no BLAS, a fetched or shared gradient, Nesterov, momentum 0) and for errors
+that name the member node that failed with the variable left as it was."""
 
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import mgrt.compat.v1 as tf
 from mgrt.kernels_cpu import _blas, _team, state_ops
 from mgrt.runtime import errors, executor
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "sgd_gemm"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "updates_in_gemm"
 
 
 def _openblas():
@@ -48,8 +51,8 @@ def blas_calls(monkeypatch):
     calls = []
     real = _blas.gemm_update
 
-    def counting(c, a, b, alpha, threads=1):
-        done = real(c, a, b, alpha, threads)
+    def counting(c, a, b, alpha, threads=1, beta=1.0):
+        done = real(c, a, b, alpha, threads, beta)
         calls.append(done)
         return done
 
@@ -58,31 +61,41 @@ def blas_calls(monkeypatch):
 
 
 # --- the TensorFlow-trained MLP ---------------------------------------------------------------
-@needs_blas
-@pytest.mark.parametrize("fuse", [True, False])
-def test_trains_as_tensorflow(fuse, blas_calls, monkeypatch):
-    monkeypatch.setattr(executor, "FUSE", fuse)
-    want = np.load(FIXTURE / "expected.npz")
+def _fixture_module():
     import sys
     sys.path.insert(0, str(FIXTURE.parent))
     try:
-        import make_sgd_gemm
+        import make_updates_in_gemm
     finally:
         sys.path.pop(0)
-    init = make_sgd_gemm.initial_values()
+    return make_updates_in_gemm
+
+
+@needs_blas
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_trains_as_tensorflow(optimizer, fuse, blas_calls, monkeypatch):
+    monkeypatch.setattr(executor, "FUSE", fuse)
+    want = np.load(FIXTURE / f"{optimizer}.npz")
+    init = _fixture_module().initial_values()
     with tf.Graph().as_default():
-        tf.train.import_meta_graph(str(FIXTURE / "sgd_gemm.meta"))
+        tf.train.import_meta_graph(str(FIXTURE / f"{optimizer}.meta"))
         loss = tf.get_collection("loss")[0]
         train = tf.get_collection("train_op")[0]
         variables = {v.op.name: v for v in tf.global_variables()}
-        assert sorted(variables) == sorted(init)
+        assert sorted("after/" + n for n in init) == sorted(
+            k for k in want.files if k.startswith("after/"))
+        assert set(init) <= set(variables)
         with tf.Session() as sess:
             for name, v in variables.items():
-                sess.run(v.initializer, {v.initial_value: init[name]})
+                if name in init:
+                    sess.run(v.initializer, {v.initial_value: init[name]})
+                else:  # momentum's accumulators: zeros
+                    sess.run(v.initializer)
             feed = {"x:0": want["x"], "y:0": want["y"]}
             losses = [sess.run([loss, train], feed)[0] for _ in range(len(want["losses"]))]
             final = sess.run(loss, feed)
-            after = {n: sess.run(v) for n, v in variables.items()}
+            after = {n: sess.run(variables[n]) for n in init}
             types = _types(sess)
     np.testing.assert_allclose(losses, want["losses"], rtol=2e-6)
     np.testing.assert_allclose(final, want["final_loss"], rtol=2e-6)
@@ -96,8 +109,16 @@ def test_trains_as_tensorflow(fuse, blas_calls, monkeypatch):
 
 
 # --- against numpy ----------------------------------------------------------------------------
+def _optimizer(name, use_locking=False):
+    if name == "sgd":
+        return tf.train.GradientDescentOptimizer(0.05, use_locking=use_locking)
+    return tf.train.MomentumOptimizer(0.05, 0.0 if name == "momentum 0" else 0.9,
+                                      use_locking=use_locking,
+                                      use_nesterov=name == "nesterov")
+
+
 def _graph(dtype=np.float32, ta=False, tb=False, resource=False, use_locking=False,
-           m=300, n=256, k=24, lr=0.05, seed=0):
+           m=300, n=256, k=24, seed=0, optimizer="sgd"):
     rs = np.random.RandomState(seed)
     g = tf.Graph()
     with g.as_default():
@@ -105,7 +126,7 @@ def _graph(dtype=np.float32, ta=False, tb=False, resource=False, use_locking=Fal
         b = tf.placeholder(dtype, [n, k] if tb else [k, n], name="b")
         w = tf.Variable(rs.randn(m, n).astype(dtype), name="w", use_resource=resource)
         grad = tf.matmul(a, b, transpose_a=ta, transpose_b=tb, name="grad")
-        opt = tf.train.GradientDescentOptimizer(lr, use_locking=use_locking)
+        opt = _optimizer(optimizer, use_locking)
         train = opt.apply_gradients([(grad, w)], name="train")
         init = tf.global_variables_initializer()
     feeds = {a: rs.randn(*a.shape.as_list()).astype(dtype),
@@ -113,24 +134,35 @@ def _graph(dtype=np.float32, ta=False, tb=False, resource=False, use_locking=Fal
     return g, dict(a=a, b=b, w=w, grad=grad, train=train, init=init, feeds=feeds)
 
 
-def _want(w0, feeds, t, ta, tb, lr, steps):
+def _want(w0, feeds, t, ta, tb, steps, optimizer="sgd"):
+    """The variable after ``steps`` updates, in float64 (the optimizers' hyperparameters are
+    float32 tensors, cast to the variable's dtype)."""
     a = feeds[t["a"]].astype(np.float64)
     b = feeds[t["b"]].astype(np.float64)
     p = (a.T if ta else a) @ (b.T if tb else b)
     w = w0.astype(np.float64)
-    lr = float(np.float32(lr))  # (the optimizer's learning rate is a float32 tensor, cast)
+    acc = np.zeros_like(w)
+    lr = float(np.float32(0.05))
+    mom = 0.0 if optimizer == "momentum 0" else float(np.float32(0.9))
     for _ in range(steps):
-        w = w - lr * p
+        if optimizer == "sgd":
+            w = w - lr * p
+            continue
+        acc = acc * mom + p
+        w = w - (p * lr + acc * mom * lr if optimizer == "nesterov" else acc * lr)
     return w
 
 
 @needs_blas
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("resource", [False, True])
 @pytest.mark.parametrize("use_locking", [False, True])
-def test_update_by_blas_against_numpy(dtype, ta, tb, resource, use_locking, blas_calls):
-    g, t = _graph(dtype, ta, tb, resource, use_locking, seed=int(ta) + 2 * int(tb))
+def test_update_by_blas_against_numpy(optimizer, dtype, ta, tb, resource, use_locking,
+                                      blas_calls):
+    g, t = _graph(dtype, ta, tb, resource, use_locking, seed=int(ta) + 2 * int(tb),
+                  optimizer=optimizer)
     with tf.Session(graph=g) as s:
         s.run(t["init"])
         w0 = s.run(t["w"])
@@ -142,8 +174,20 @@ def test_update_by_blas_against_numpy(dtype, ta, tb, resource, use_locking, blas
     assert blas_calls == [True] * 3
     assert got.dtype == dtype
     tol = 2e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, ta, tb, 0.05, 3), rtol=tol,
+    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, ta, tb, 3, optimizer), rtol=tol,
                                atol=tol)
+
+
+@pytest.mark.parametrize("optimizer,fused", [("nesterov", False), ("momentum 0", True)])
+def test_momentum_the_product_cannot_take(optimizer, fused, blas_calls):
+    """Nesterov's update reads the gradient again: not fused. Momentum 0: fused, but not by
+    BLAS (beta = 0 would not read the accumulator: a NaN there would not stay NaN)."""
+    g, t = _graph(optimizer=optimizer)
+    w0, got, _, types = _train(g, t, 3)
+    assert ("_FusedMatMulApply" in types) == (fused and _blas.available(np.float32))
+    assert blas_calls == []
+    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 3, optimizer),
+                               rtol=2e-5, atol=2e-5)
 
 
 @needs_blas
@@ -210,7 +254,7 @@ def test_a_small_variable_is_fused_without_blas(blas_calls, monkeypatch):
     _, unfused, _, types = _train(g, t, 2)
     assert "_FusedMatMulApply" not in types
     np.testing.assert_array_equal(fused, unfused)  # the same kernels, bit for bit
-    np.testing.assert_allclose(fused, _want(w0, t["feeds"], t, False, False, 0.05, 2),
+    np.testing.assert_allclose(fused, _want(w0, t["feeds"], t, False, False, 2),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -219,7 +263,7 @@ def test_without_blas_nothing_is_fused(blas_calls, monkeypatch):
     g, t = _graph()
     w0, got, _, types = _train(g, t, 2)
     assert "_FusedMatMulApply" not in types and "MatMul" in types and blas_calls == []
-    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 0.05, 2),
+    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 2),
                                rtol=2e-5, atol=2e-5)
 
 
@@ -230,7 +274,8 @@ def test_a_gradient_something_else_reads_is_not_fused(how, blas_calls):
         extra = t["grad"] if how == "fetched" else tf.reduce_sum(t["grad"], name="extra")
     w0, got, (value,), types = _train(g, t, 1, [extra])
     assert "_FusedMatMulApply" not in types and "MatMul" in types and blas_calls == []
-    p = _want(np.zeros_like(w0), t["feeds"], t, False, False, -1.0, 1)  # the product
+    a, b = t["feeds"][t["a"]].astype(np.float64), t["feeds"][t["b"]].astype(np.float64)
+    p = a @ b
     np.testing.assert_allclose(value, p if how == "fetched" else p.sum(), rtol=1e-4,
                                atol=1e-4 * np.abs(p).max())
     np.testing.assert_allclose(got, w0 - np.float32(0.05) * p, rtol=2e-5, atol=2e-5)
@@ -258,12 +303,12 @@ def test_a_buffer_read_earlier_in_the_run_keeps_its_value(blas_calls):
     assert "_FusedMatMulApply" in types
     assert blas_calls == [False] or blas_calls == []  # (refused before the call: not sole)
     np.testing.assert_array_equal(seen, w0)
-    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 0.05, 1),
+    np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 1),
                                rtol=2e-5, atol=2e-5)
 
 
 # --- errors name their member; nothing is written ---------------------------------------------
-def _open_graph():
+def _open_graph(optimizer):
     g = tf.Graph()
     with g.as_default():
         a = tf.placeholder(tf.float32, [None, None], name="a")
@@ -271,27 +316,35 @@ def _open_graph():
         lr = tf.placeholder(tf.float32, None, name="lr")
         w = tf.Variable(np.ones((300, 256), np.float32), name="w")
         grad = tf.matmul(a, b, name="grad")
-        train = tf.train.GradientDescentOptimizer(lr).apply_gradients([(grad, w)],
-                                                                      name="train")
+        opt = (tf.train.GradientDescentOptimizer(lr) if optimizer == "sgd"
+               else tf.train.MomentumOptimizer(lr, 0.9))
+        train = opt.apply_gradients([(grad, w)], name="train")
         init = tf.global_variables_initializer()
     return g, a, b, lr, w, train, init
 
 
-@pytest.mark.parametrize("bad", ["operands", "alpha", "product shape"])
-def test_errors_name_the_member_and_leave_the_variable(bad):
-    g, a, b, lr, w, train, init = _open_graph()
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+@pytest.mark.parametrize("bad", ["operands", "hyperparameter", "product shape"])
+def test_errors_name_the_member_and_leave_the_variable(optimizer, bad):
+    g, a, b, lr, w, train, init = _open_graph(optimizer)
     feeds = {a: np.ones((300, 7), np.float32), b: np.ones((7, 256), np.float32),
              lr: np.float32(0.1)}
+    update = ("train/update_w/ApplyGradientDescent" if optimizer == "sgd"
+              else "train/update_w/ApplyMomentum")
     if bad == "operands":
         feeds[b] = np.ones((6, 256), np.float32)
         node, text = "grad", "Matrix size-incompatible: In[0]: [300,7], In[1]: [6,256]"
-    elif bad == "alpha":
+    elif bad == "hyperparameter":
         feeds[lr] = np.ones(2, np.float32)
-        node, text = "train/update_w/ApplyGradientDescent", "alpha is not a scalar: [2]"
+        node = update
+        text = ("alpha is not a scalar: [2]" if optimizer == "sgd"
+                else "lr is not a scalar: [2]")
     else:
         feeds[b] = np.ones((7, 255), np.float32)
-        node, text = ("train/update_w/ApplyGradientDescent",
-                      "var and delta do not have the same shape[300,256] [300,255]")
+        node = update
+        text = ("var and delta do not have the same shape[300,256] [300,255]"
+                if optimizer == "sgd" else
+                "var and grad do not have the same shape[300,256] [300,255]")
     with tf.Session(graph=g) as s:
         s.run(init)
         with pytest.raises(errors.InvalidArgumentError) as e:
