@@ -1068,6 +1068,8 @@ def _gemm_apply(family, run, mm_node, mm_run, resource, attrs, guard):
         if type(a) is not np.ndarray or type(b) is not np.ndarray:
             return False
         aa, bb = (a.T if ta else a), (b.T if tb else b)
+        if aa.ndim != 2 or bb.ndim != 2 or aa.shape[0] * bb.shape[1] < _GEMM_MIN:
+            return False  # (a small product: no lock taken, no buffer looked at)
         with _locked(holders[0], use_locking):
             if not _enter_in_place(guard):
                 return False
