@@ -319,8 +319,9 @@ class Plan:
             steps = _pass_through(steps, self.fetch_slots)
         self.const_slots = {}
         if FOLD and not self.has_control_flow and not crosses_devices:
-            steps, self.const_slots = _fold_constants(steps, set(self.fetch_slots))
+            steps, self.const_slots, handles = _fold_constants(steps, set(self.fetch_slots))
             steps = _memo_shapes(steps, set(self.fetch_slots), self.const_slots)
+            self.const_slots.update(handles)  # (no value: nothing is folded or memoized of them)
         if FUSE and not self.has_control_flow:
             steps = _fuse(steps, built, set(self.fetch_slots))
             steps = _bias_into_pool_grads(steps, built)
@@ -547,6 +548,11 @@ def _stateful(op):
     return op_def is None or op_def.is_stateful
 
 
+# Op types without inputs whose kernel returns the same reference to a variable every run (a
+# Ref, a resource handle: kernels_cpu/state_ops.py), whatever the variable's state: folded as
+# constants (_fold_constants). Reading or writing through them stays in their readers' steps.
+_HANDLE_OPS = frozenset(("VariableV2", "Variable", "VarHandleOp"))
+
 # Op types whose kernel returns its input as it is (array_ops._identity).
 _PASS_THROUGH = frozenset(("Identity", "StopGradient", "PreventGradient",
                            "PlaceholderWithDefault"))
@@ -662,15 +668,18 @@ _SHAPE_OPS = frozenset(("Shape", "ShapeN", "Size", "Rank"))
 
 def _foldable(st, fetched):
     """Whether step ``st`` computes a function of its inputs alone (an op TensorFlow does not
-    mark stateful, no checks, no control flow, no ref read) on a device with host memory, and
-    every output has a slot that is not fetched (a fetched value is a new array each run)."""
+    mark stateful, no checks, no control flow, no ref read, no ref input or output: TF does
+    not mark Assign or AssignAdd stateful) on a device with host memory, and every output has
+    a slot that is not fetched (a fetched value is a new array each run)."""
     op = st.op
     op_def = getattr(op, "op_def", None)
     return (st.run is not None and not st.deref and op_def is not None
             and not op_def.is_stateful and op.type not in _CHECKING_OPS
             and op.type not in _CONTROL_FLOW_OPS
             and (st.device is None or st.device.is_host_memory)
-            and all(s >= 0 and s not in fetched for s in st.out_slots))
+            and all(s >= 0 and s not in fetched for s in st.out_slots)
+            and not any(t.dtype.is_ref_dtype for t in op._inputs)
+            and not any(t.dtype.is_ref_dtype for t in op._outputs))
 
 
 def _read_only(v):
@@ -684,12 +693,19 @@ def _fold_constants(steps, fetched):
     """TensorFlow's constant folding, at plan time: each Const step, and each foldable step
     (_foldable) whose inputs are all such values, is run once now and is no step at all; its
     outputs (read-only arrays of at most FOLD_MAX_BYTES) are seeded into their slots at every
-    run. A step that fails here stays a step (its error comes when the plan runs, as before).
-    Returns (steps, {slot: value})."""
-    consts = {}
+    run. A variable's op (_HANDLE_OPS) not fetched is no step either: its Ref or handle is
+    seeded the same way (the third value returned: {slot: Ref or handle}; its readers are not
+    folded). A step that fails here stays a step (its error comes when the plan runs, as before).
+    Returns (steps, {slot: value}, {slot: Ref or handle})."""
+    consts, handles = {}, {}
     kept = []
     with np.errstate(all="ignore"):
         for st in steps:
+            if (st.op.type in _HANDLE_OPS and st.run is not None and not st.in_slots
+                    and st.n_out == 1 and st.out_slots[0] >= 0
+                    and st.out_slots[0] not in fetched):
+                handles[st.out_slots[0]] = st.run()[0]  # (the same Ref or handle every run)
+                continue
             if _foldable(st, fetched) and (st.in_slots or st.op.type == "Const") and all(
                     s in consts for s in st.in_slots):
                 try:
@@ -702,7 +718,7 @@ def _fold_constants(steps, fetched):
                         consts[s] = _read_only(v)
                     continue
             kept.append(st)
-    return kept, consts
+    return kept, consts, handles
 
 
 class _MemoOp:

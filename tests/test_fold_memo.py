@@ -241,3 +241,40 @@ def test_threads_running_one_plan_with_different_shapes_get_their_own_values():
         for t in threads:
             t.join()
     assert not errors_seen, errors_seen[:1]
+
+
+@pytest.mark.parametrize("resource", [False, True])
+def test_variables_are_no_steps_and_their_updates_run_once_a_run(fold, resource):
+    """A variable's op (VariableV2, VarHandleOp) gives the same reference every run: folded,
+    it is no step. An update whose every input is then a constant (an AssignAdd of a ref
+    variable and a Const: TF does not mark AssignAdd stateful) is not folded: it changes
+    the variable once a run, from the plan's first run on."""
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.Variable(1.0, name="v", use_resource=resource)
+        bump = tf.assign_add(v, 1.0, name="bump")
+        with tf.control_dependencies([bump]):
+            seen = tf.identity(v.read_value() if resource else bump, name="seen") * 1.0
+        init = tf.global_variables_initializer()
+    with tf.Session(graph=g) as sess:
+        sess.run(init)
+        got = [float(sess.run(seen)) for _ in range(4)]
+        plan = _plan(sess)
+        assert float(sess.run(v)) == 5.0
+    assert got == [2.0, 3.0, 4.0, 5.0]
+    handle_ops = {"VariableV2", "VarHandleOp"} & set(_types(plan))
+    assert bool(handle_ops) != fold
+    assert ("AssignAdd" in _types(plan) or "AssignAddVariableOp" in _types(plan))
+
+
+def test_a_fetched_variable_op_stays_a_step_and_gives_its_value(fold):
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.Variable([1.0, 2.0], name="v")
+        init = tf.global_variables_initializer()
+    with tf.Session(graph=g) as sess:
+        sess.run(init)
+        got = sess.run(v._variable if hasattr(v, "_variable") else v)
+        got[0] = 9.0  # a copy: the variable keeps its value
+        np.testing.assert_array_equal(sess.run(v), [1.0, 2.0])
+        assert "VariableV2" in _types(_plan(sess))
