@@ -12,7 +12,8 @@ mgrt already uses to size BLAS's threads), called through ctypes (which releases
 its ``cblas_sgemm`` / ``cblas_dgemm`` under the symbol prefix and suffix of its build
 (``scipy_`` and ``64_`` for the wheels' scipy-openblas) and with 64-bit integers where its
 configuration says USE64BITINT. Where numpy's BLAS is not OpenBLAS, or its symbols are not
-found, ``gemm_update`` is None and the update stays two steps.
+found, ``available`` says so, ``gemm_update`` does nothing and returns False, and the update
+stays the MatMul and then the update.
 """
 
 import ctypes
