@@ -354,3 +354,39 @@ def test_errors_name_the_member_and_leave_the_variable(optimizer, bad):
     msg = str(e.value)
     assert text in msg and f"node {node} (" in msg, msg
     assert state_ops._GEMM_MIN <= 300 * 256
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_two_threads_training_one_variable_with_locking_lose_no_update(optimizer):
+    """Two threads run the fused step at once (use_locking): a run that finds another in
+    flight takes the allocating path, the other may write in place; every update lands."""
+    import threading
+
+    g, t = _graph(use_locking=True, optimizer=optimizer)
+    steps = 20
+    with tf.Session(graph=g) as s:
+        s.run(t["init"])
+        w0 = s.run(t["w"])
+        s.run(t["train"], t["feeds"])  # (the plan, compiled on its next run)
+        failures = []
+
+        def train():
+            try:
+                for _ in range(steps):
+                    s.run(t["train"], t["feeds"])
+            except Exception as e:  # noqa: BLE001 - reported below
+                failures.append(e)
+
+        threads = [threading.Thread(target=train) for _ in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        got = s.run(t["w"])
+    assert not failures
+    if optimizer == "sgd":  # every update subtracts the same product: their order is moot
+        np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 2 * steps + 1),
+                                   rtol=1e-4, atol=1e-4)
+    else:  # the accumulator's geometric sum, whichever thread went first
+        np.testing.assert_allclose(got, _want(w0, t["feeds"], t, False, False, 2 * steps + 1,
+                                              "momentum"), rtol=1e-4, atol=1e-3)
