@@ -71,10 +71,11 @@ def _fixture_module():
     return make_updates_in_gemm
 
 
-@needs_blas
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_trains_as_tensorflow(optimizer, fuse, blas_calls, monkeypatch):
+    if fuse and not _blas.available(np.float32):
+        pytest.skip("numpy's BLAS is not OpenBLAS: the update stays two steps")
     monkeypatch.setattr(executor, "FUSE", fuse)
     want = np.load(FIXTURE / f"{optimizer}.npz")
     init = _fixture_module().initial_values()
