@@ -1079,9 +1079,7 @@ def _gemm_apply(family, run, mm_node, mm_run, resource, attrs, guard):
                     return False
                 cur = _read_apply(holders, resource)
                 var = cur[0]
-                dt = var.dtype
-                if var.size < _GEMM_MIN:
-                    return False
+                dt = var.dtype  # (its shape is checked against the product by gemm_update)
                 if sgd:
                     alpha = inputs[1]
                     return scalar(alpha, dt) and _blas.gemm_update(
