@@ -39,7 +39,7 @@ def enabled():
     return on
 
 
-_LOOPS = ("maxpool_nhwc", "maxpool_2x2_nhwc", "maxpool_2x2_argmax", "maxpool_2x2_scatter",
+_LOOPS = ("maxpool_nhwc", "maxpool_2x2_nhwc", "maxpool_2x2_grad",
           "maxpool_grad_nhwc", "relu_grad", "relu_grad_inplace", "bias_relu", "sgd",
           "sgd_inplace", "momentum", "momentum_inplace", "adam", "adam_inplace", "sparse_xent",
           "address")
@@ -106,7 +106,8 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False, bias=False):
     """TF's MaxPoolGrad (argmax rule) of C-contiguous NHWC ``x`` and ``g``, in dtype ``gd``;
     with ``relu``, followed by TF's ReluGrad with features ``x`` (in the same pass). With
     ``bias``: (dx, the sum of dx over all but the channel axis, in float64: BiasAddGrad),
-    summed in the same pass where the windows are 2x2 tiles."""
+    where the windows are 2x2 tiles summed in the same loop from the one value per window
+    that can be nonzero (its other elements are 0), not from all of dx."""
     x, g = _native(x), _native(g)
     oh, ow, pt, _, pl, _ = geo
     n, h, w, c = x.shape
@@ -120,14 +121,12 @@ def maxpool_grad_nhwc(x, g, ks, st, geo, gd, relu=False, bias=False):
         dx[...] = 0
     sums = None
     if dx.size and g.size and _tiles_2x2(ks, st, geo, x.shape):
-        arg, scatter = _state["maxpool_2x2_argmax"], _state["maxpool_2x2_scatter"]
-        t = np.empty(g.shape, np.uint8)
+        loop = _state["maxpool_2x2_grad"]
         sums = np.zeros((n if bias else 1, c), np.float64)
 
         def images(b0, b1):
-            arg(x[b0:b1], t[b0:b1])
-            scatter(x[b0:b1], g[b0:b1], t[b0:b1], relu, dx[b0:b1], bias,
-                    sums[b0:b1] if bias else sums)
+            t = np.empty(g.shape[1:], np.uint8)  # one image's taps (cache-sized)
+            loop(x[b0:b1], g[b0:b1], t, relu, dx[b0:b1], bias, sums[b0:b1] if bias else sums)
         _team.split(images, n, x.nbytes + g.nbytes + dx.nbytes)
     elif dx.size and g.size:
         loop = _state["maxpool_grad_nhwc"]

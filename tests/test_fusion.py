@@ -304,6 +304,47 @@ def test_maxpool_relu_grad_fused(k, s, padding, threads, monkeypatch):
     assert fused_calls == [True, False]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_2x2_pool_grad_with_relu_mask_from_the_argmax_pass_bit_for_bit(dtype, bias, threads):
+    """The 2x2/2 loop takes ReLU's mask from its argmax pass (the picked element > 0) instead
+    of reading x again: bit for bit the MaxPoolGrad pass then TF's ReluGrad (g * (x > 0)),
+    with NaN first in a window (it sticks: mask 0), NaN later (never picked), ties (the first
+    wins), +-0.0 maxima (mask 0), inf and NaN gradients (times 0: NaN), and the BiasAddGrad
+    sums those of that dx in float64."""
+    from mgrt.kernels_cpu import _jit
+    rs = np.random.RandomState(5)
+    x = rs.randn(5, 6, 8, 24).astype(dtype)
+    x[0, 0, 0, 0] = np.nan          # first of its window: picked, mask 0
+    x[0, 0, 1, 1] = np.nan          # second: never picked
+    x[1, 2:4, 2:4, 2] = 1.5         # a four-way tie: the first wins
+    x[1, 2:4, 4:6, 3] = -0.0        # -0.0 maxima: mask 0
+    x[1, 2, 6, 3], x[1, 3, 7, 3] = 0.0, -0.0
+    x[2, 4:6, 0:2, 4] = -1.0        # a negative maximum: mask 0
+    x[3] = np.maximum(x[3], 0)      # after a ReLU: many zero maxima
+    g = rs.randn(5, 3, 4, 24).astype(dtype)
+    g[0, 0, 0, 0] = np.inf          # under the NaN-first window: inf * 0 = NaN
+    g[2, 2, 0, 4] = np.nan          # under the negative maximum: NaN * 0 = NaN
+    g[4, 1, 1, 5] = -np.inf
+    ks = st = (1, 2, 2, 1)
+    geo = (3, 4, 0, 0, 0, 0)
+    plain = _jit.maxpool_grad_nhwc(x, g, ks, st, geo, np.dtype(dtype))
+    with np.errstate(invalid="ignore"):
+        want = plain * (x > 0).astype(dtype)
+    got = _jit.maxpool_grad_nhwc(x, g, ks, st, geo, np.dtype(dtype), relu=True, bias=bias)
+    if bias:
+        got, sums = got
+        with np.errstate(invalid="ignore"):
+            ref = want.astype(np.float64).sum(axis=(0, 1, 2))
+        assert np.isnan(sums[0]) and sums[5] == -np.inf  # the NaN and -inf gradients
+        np.testing.assert_allclose(sums, ref, rtol=1e-12, atol=1e-12)  # (summation order)
+    assert np.isnan(got[0, 0, 0, 0]) and np.isnan(got[2, 4:6, 0:2, 4]).sum() == 1
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    # the plain pass: the first of tied maxima, a NaN first sticks, every element written
+    assert plain[1, 2, 2, 2] == g[1, 1, 1, 2] and not plain[1, 2:4, 2:4, 2].ravel()[1:].any()
+    assert plain[0, 0, 0, 0] == np.inf and plain[0, 0, 1, 1] == 0
+
+
 def test_maxpool_grad_with_other_features_runs_unfused():
     from mgrt.runtime.ops import apply_op
     g = tf.Graph()
