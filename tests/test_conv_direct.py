@@ -39,7 +39,7 @@ def _grouped_offsets(rs, k, high):
     return (starts[:, None] + np.arange(_gemm.GROUP)).reshape(-1)
 
 
-@pytest.mark.parametrize("m", [1, 3, 8, 15, 257, 1030])
+@pytest.mark.parametrize("m", [1, 3, 8, 15, 25, 64, 65, 257, 1030])
 @pytest.mark.parametrize("ncols", [8, 16, 24, 32, 40, 64])
 @pytest.mark.parametrize("team,split", [(1, "rows"), (3, "rows"), (3, "k")])
 @pytest.mark.parametrize("k", [0, 37, 100])
@@ -58,6 +58,38 @@ def test_gather_matmul_against_numpy(m, ncols, team, split, k, group, monkeypatc
     b = rs.randn(k, ncols).astype(np.float32)
     out = np.full((m, ncols), np.nan, np.float32)
     _gemm.gather_matmul(src, rowoff, koff, b, out, team, split, group=group)
+    a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]
+    np.testing.assert_allclose(out, a @ b.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("team,split", [(1, "rows"), (3, "k")])
+@pytest.mark.parametrize("m,calls", [(25, 1), (64, 1), (65, 2), (67, 2)])
+def test_few_rows_go_as_one_call(m, calls, team, split, monkeypatch):
+    """Up to _ONE_CALL_ROWS rows (a filter gradient's taps) run as one loop call per team
+    item, the remainder block padded (its extra rows repeat the last offset), so that b is
+    streamed once; more rows take whole blocks, then the remainder as a second call."""
+    assert _gemm._ONE_CALL_ROWS == 64
+    monkeypatch.setattr(_gemm, "_K_BLOCK", 16)
+    rs = np.random.RandomState(m)
+    src = rs.randn(3000).astype(np.float32)
+    rowoff, koff = rs.randint(0, 1500, size=m), rs.randint(0, 1400, size=40)
+    b = rs.randn(40, 16).astype(np.float32)
+    out = np.full((m, 16), np.nan, np.float32)
+    seen = []
+    real = _gemm._kernel
+
+    def counting(*a, **kw):
+        fn = real(*a, **kw)
+
+        def call(*args):
+            seen.append(args[6] - args[5])  # rows m1 - m0 of this call
+            return fn(*args)
+        return call
+    monkeypatch.setattr(_gemm, "_kernel", counting)
+    _gemm.gather_matmul(src, rowoff, koff, b, out, team, split)
+    items = team if split == "k" else 1
+    assert len(seen) == calls * items
+    assert all(r % _gemm.MB == 0 for r in seen)
     a = src.astype(np.float64)[rowoff[:, None] + koff[None, :]]
     np.testing.assert_allclose(out, a @ b.astype(np.float64), rtol=1e-5, atol=1e-4)
 
